@@ -1,0 +1,130 @@
+#!/usr/bin/env node
+'use strict';
+
+// Fake webhook push receiver for the end-to-end tests.
+//
+//   node push-receiver.js --port N      (0 picks a free port)
+//
+// POST /push      records the delivery and responds 200, or what the
+//                 control rules say.
+// GET /deliveries returns every recorded delivery, oldest first. With
+//                 ?to=PREFIX only those whose body "to" starts with PREFIX.
+// POST /control   changes the responses, with a JSON object:
+//                 {"fail": N, "status": 503, "retryAfter": "2"}
+//                   the next N deliveries get that status (default 503)
+//                   and, if given, a Retry-After header. "date+S" sends an
+//                   HTTP date S seconds after the response.
+//                 {"delayMs": M} delays every response by M ms.
+//                 {"to": PREFIX, ...} limits "fail" and "delayMs" to
+//                   deliveries whose body "to" starts with PREFIX.
+//                 {"reset": true} clears deliveries, rules and delays.
+// GET /control    returns the rules in force.
+//
+// Each delivery records: seq, at (ms since the epoch when the request
+// arrived), method, url, headers (lower-case names), body (parsed JSON, or
+// the raw text when it is not JSON), rawBody, status (the status code sent).
+
+const {
+  RuleList,
+  formatRetryAfter,
+  parseControl,
+  parseJson,
+  parsePort,
+  sendJson,
+  sleep,
+  serve,
+} = require('./fake-server.js');
+
+const deliveries = [];
+const rules = new RuleList();
+const delays = new Map();
+
+// Return the response delay for a push token: the delay of the longest
+// matching prefix, or 0.
+function delayFor(to) {
+  let best = { length: -1, ms: 0 };
+  for (const [prefix, ms] of delays) {
+    if (typeof to === 'string' && to.startsWith(prefix) && prefix.length > best.length) {
+      best = { length: prefix.length, ms };
+    }
+  }
+  return best.ms;
+}
+
+async function receivePush(request, text, response) {
+  const body = parseJson(text);
+  const to = body && typeof body === 'object' ? body.to : undefined;
+  const delivery = {
+    seq: deliveries.length + 1,
+    at: Date.now(),
+    method: request.method,
+    url: request.url,
+    headers: request.headers,
+    body: body === undefined ? text : body,
+    rawBody: text,
+    status: 200,
+  };
+  deliveries.push(delivery);
+
+  const delay = delayFor(to);
+  if (delay > 0) {
+    await sleep(delay);
+  }
+
+  const rule = rules.take([to ?? '']);
+  if (rule) {
+    const headers = {};
+    if (rule.retryAfter !== undefined) {
+      headers['Retry-After'] = formatRetryAfter(rule.retryAfter);
+    }
+    delivery.status = rule.status;
+    delivery.retryAfter = headers['Retry-After'];
+    sendJson(response, rule.status, { error: `fake failure ${rule.status}` }, headers);
+    return;
+  }
+  sendJson(response, 200, { ok: true });
+}
+
+function control(text, response) {
+  let parsed;
+  try {
+    parsed = parseControl(parseJson(text));
+  } catch (error) {
+    sendJson(response, 400, { error: error.message });
+    return;
+  }
+  if (parsed.reset) {
+    deliveries.length = 0;
+    rules.clear();
+    delays.clear();
+  }
+  for (const rule of parsed.rules) {
+    rules.add(rule);
+  }
+  if (parsed.delay) {
+    delays.set(parsed.delay.prefix, parsed.delay.ms);
+  }
+  sendJson(response, 200, { rules: rules.list(), delays: Object.fromEntries(delays) });
+}
+
+async function handle(request, text, response) {
+  const url = new URL(request.url, 'http://127.0.0.1');
+
+  if (request.method === 'POST' && url.pathname === '/push') {
+    await receivePush(request, text, response);
+  } else if (request.method === 'GET' && url.pathname === '/deliveries') {
+    const prefix = url.searchParams.get('to');
+    const selected = prefix === null
+      ? deliveries
+      : deliveries.filter((d) => typeof d.body?.to === 'string' && d.body.to.startsWith(prefix));
+    sendJson(response, 200, selected);
+  } else if (request.method === 'POST' && url.pathname === '/control') {
+    control(text, response);
+  } else if (request.method === 'GET' && url.pathname === '/control') {
+    sendJson(response, 200, { rules: rules.list(), delays: Object.fromEntries(delays) });
+  } else {
+    sendJson(response, 404, { error: `no route for ${request.method} ${url.pathname}` });
+  }
+}
+
+serve(parsePort(process.argv), handle);
