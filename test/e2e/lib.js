@@ -1,0 +1,341 @@
+'use strict';
+
+// Helpers for the end-to-end tests. test/e2e/run starts the cluster, Janus
+// and the fakes, and passes their addresses in these environment variables:
+//   PGHOST, PGPORT, PGUSER, PGDATABASE   the cluster (read by psql)
+//   MM_PG_LOG                            the server log
+//   MM_JANUS_URL                         Janus HTTP API, e.g. http://127.0.0.1:P/janus
+//   MM_PUSH_BASE, MM_PUSH_URL            fake push receiver
+//   MM_ROOMS_BASE, MM_ROOMS_URL          fake "http" room provider
+
+const { execFile } = require('node:child_process');
+const crypto = require('node:crypto');
+const fs = require('node:fs');
+
+const env = {
+  janusUrl: process.env.MM_JANUS_URL,
+  pushBase: process.env.MM_PUSH_BASE,
+  pushUrl: process.env.MM_PUSH_URL,
+  roomsBase: process.env.MM_ROOMS_BASE,
+  roomsUrl: process.env.MM_ROOMS_URL,
+  pgLog: process.env.MM_PG_LOG,
+};
+
+for (const [name, value] of Object.entries(env)) {
+  if (!value) {
+    throw new Error(`environment variable for "${name}" is not set: run the tests through test/e2e/run`);
+  }
+}
+
+// How long a test waits for the worker to finish something that should
+// take well under a second. Generous, because the machine may be loaded.
+const WORKER_TIMEOUT_MS = 15000;
+
+// Time for the worker to re-read its settings after pg_reload_conf().
+// NOTE: nothing reports when the worker has applied a reload, so this is a
+// fixed wait. A worker that sleeps on its latch wakes on SIGHUP at once.
+const RELOAD_SETTLE_MS = 700;
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+// Quote a value as an SQL string literal.
+function literal(value) {
+  return `'${String(value).replace(/'/g, "''")}'`;
+}
+
+// Run SQL through psql and return its unaligned, tuples-only output with
+// the trailing newline removed. Rejects with psql's error message.
+function sql(query) {
+  const args = ['-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-c', query];
+  return new Promise((resolve, reject) => {
+    execFile('psql', args, { maxBuffer: 64 * 1024 * 1024 }, (error, stdout, stderr) => {
+      if (error) {
+        const message = stderr.trim() || error.message;
+        reject(new Error(`psql failed: ${message}\nquery: ${query}`));
+        return;
+      }
+      resolve(stdout.replace(/\n$/, ''));
+    });
+  });
+}
+
+// Run a SELECT and return its rows as objects (through json_agg, so
+// bigint columns arrive as numbers and arrays as arrays).
+async function rows(query) {
+  const text = await sql(`SELECT coalesce(json_agg(q), '[]') FROM (${query}) q`);
+  return JSON.parse(text);
+}
+
+async function row(query) {
+  const result = await rows(query);
+  return result[0];
+}
+
+// Call fn until it returns a truthy value and return that value. Rejects
+// after timeoutMs with the description and the last value or error.
+async function waitFor(fn, timeoutMs = WORKER_TIMEOUT_MS, description = 'condition',
+  intervalMs = 100) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  let lastError;
+  for (;;) {
+    try {
+      last = await fn();
+      lastError = undefined;
+      if (last) {
+        return last;
+      }
+    } catch (error) {
+      lastError = error;
+    }
+    if (Date.now() >= deadline) {
+      const detail = lastError ? `last error: ${lastError.message}` : `last value: ${JSON.stringify(last)}`;
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${description}; ${detail}`);
+    }
+    await sleep(intervalMs);
+  }
+}
+
+// A short random tag, so that ids from one run never collide with those
+// of another run against the same cluster.
+const runTag = crypto.randomBytes(3).toString('hex');
+
+// Make n user ids for one test. Each user's push token is "push-" + id,
+// so a test selects its own deliveries with the prefix "push-" + prefix.
+function users(prefix, n) {
+  const list = [];
+  for (let i = 1; i <= n; i++) {
+    const id = `${prefix}-${runTag}-u${i}`;
+    list.push({ user: id, token: `push-${id}` });
+  }
+  return list;
+}
+
+function pushPrefix(prefix) {
+  return `push-${prefix}-${runTag}-`;
+}
+
+// Insert intents, in the given order and in one statement, and return
+// {id, user_id} rows in insertion order.
+async function insertIntents(list, mood) {
+  const values = list.map((u) => `(${literal(u.user)}, ${literal(u.mood ?? mood)}, ${literal(u.token)})`);
+  return rows(`
+    WITH inserted AS (
+      INSERT INTO matchmaker.intents (user_id, mood, push_token)
+      VALUES ${values.join(', ')}
+      RETURNING id, user_id)
+    SELECT id, user_id FROM inserted ORDER BY id`);
+}
+
+// Cancel every waiting intent, so a test starts with no partner left over
+// from an earlier test. The tests run one at a time.
+async function cancelWaiting() {
+  await sql("UPDATE matchmaker.intents SET status = 'cancelled' WHERE status = 'waiting'");
+}
+
+async function intentsOf(list) {
+  const ids = list.map((u) => literal(u.user)).join(', ');
+  return rows(`SELECT * FROM matchmaker.intents WHERE user_id IN (${ids}) ORDER BY id`);
+}
+
+// Set server parameters with ALTER SYSTEM, reload, and wait for the worker.
+async function setSettings(settings) {
+  for (const [name, value] of Object.entries(settings)) {
+    await sql(`ALTER SYSTEM SET ${name} = ${literal(value)}`);
+  }
+  await sql('SELECT pg_reload_conf()');
+  await sleep(RELOAD_SETTLE_MS);
+}
+
+async function resetSettings(names) {
+  for (const name of names) {
+    await sql(`ALTER SYSTEM RESET ${name}`);
+  }
+  await sql('SELECT pg_reload_conf()');
+  await sleep(RELOAD_SETTLE_MS);
+}
+
+// Return the matchmaker background workers in pg_stat_activity.
+async function workers() {
+  return rows(`
+    SELECT pid, backend_type, backend_start
+    FROM pg_stat_activity
+    WHERE backend_type LIKE '%matchmaker%'
+    ORDER BY pid`);
+}
+
+// Return the lines of the server log written after the given byte offset.
+function serverLogSince(offset) {
+  const text = fs.readFileSync(env.pgLog, 'utf8');
+  return text.slice(offset);
+}
+
+function serverLogSize() {
+  return fs.statSync(env.pgLog).size;
+}
+
+async function httpJson(url, options = {}) {
+  const response = await fetch(url, {
+    ...options,
+    headers: { 'Content-Type': 'application/json', ...(options.headers ?? {}) },
+    signal: options.signal ?? AbortSignal.timeout(10000),
+  });
+  const text = await response.text();
+  if (!response.ok) {
+    throw new Error(`${options.method ?? 'GET'} ${url} returned ${response.status}: ${text}`);
+  }
+  return JSON.parse(text);
+}
+
+// Return the pushes the fake receiver got, optionally only those whose
+// "to" starts with prefix.
+async function deliveries(prefix) {
+  const query = prefix === undefined ? '' : `?to=${encodeURIComponent(prefix)}`;
+  return httpJson(`${env.pushBase}/deliveries${query}`);
+}
+
+// Change how the fake push receiver responds; see test/fake/push-receiver.js.
+async function pushControl(body) {
+  return httpJson(`${env.pushBase}/control`, { method: 'POST', body: JSON.stringify(body) });
+}
+
+// Return the requests the fake room service got, optionally only those
+// naming a user that starts with prefix.
+async function roomRequests(prefix) {
+  const query = prefix === undefined ? '' : `?user=${encodeURIComponent(prefix)}`;
+  return httpJson(`${env.roomsBase}/requests${query}`);
+}
+
+// Change how the fake room service responds; see test/fake/room-service.js.
+async function roomsControl(body) {
+  return httpJson(`${env.roomsBase}/control`, { method: 'POST', body: JSON.stringify(body) });
+}
+
+function transaction() {
+  return crypto.randomBytes(8).toString('hex');
+}
+
+// POST a Janus API request to path below the base URL and return the
+// parsed response. Janus returns 200 even for its own errors, so the caller
+// checks the "janus" field.
+async function janus(path, body) {
+  return httpJson(`${env.janusUrl}${path}`, {
+    method: 'POST',
+    body: JSON.stringify({ transaction: transaction(), ...body }),
+  });
+}
+
+// A Janus session with one AudioBridge handle, owned by a test.
+class JanusClient {
+  constructor(sessionId, handleId) {
+    this.sessionId = sessionId;
+    this.handleId = handleId;
+  }
+
+  static async connect() {
+    const created = await janus('', { janus: 'create' });
+    if (created.janus !== 'success') {
+      throw new Error(`Janus create failed: ${JSON.stringify(created)}`);
+    }
+    const sessionId = created.data.id;
+    const attached = await janus(`/${sessionId}`, {
+      janus: 'attach',
+      plugin: 'janus.plugin.audiobridge',
+    });
+    if (attached.janus !== 'success') {
+      throw new Error(`Janus attach failed: ${JSON.stringify(attached)}`);
+    }
+    return new JanusClient(sessionId, attached.data.id);
+  }
+
+  // Send a synchronous AudioBridge request and return the plugin's data,
+  // which carries error_code when the plugin rejected the request.
+  async request(body) {
+    const answer = await janus(`/${this.sessionId}/${this.handleId}`, { janus: 'message', body });
+    if (answer.janus !== 'success') {
+      throw new Error(`Janus message failed: ${JSON.stringify(answer)}`);
+    }
+    return answer.plugindata.data;
+  }
+
+  // Send an asynchronous AudioBridge request (such as join) and return the
+  // plugin's data from the event that carries its result.
+  async requestAsync(body, timeoutMs = 10000) {
+    const id = transaction();
+    const answer = await httpJson(`${env.janusUrl}/${this.sessionId}/${this.handleId}`, {
+      method: 'POST',
+      body: JSON.stringify({ janus: 'message', transaction: id, body }),
+    });
+    if (answer.janus === 'success' && answer.plugindata) {
+      return answer.plugindata.data;
+    }
+    if (answer.janus !== 'ack') {
+      throw new Error(`Janus message failed: ${JSON.stringify(answer)}`);
+    }
+    const event = await this.nextEvent((e) => e.transaction === id && e.plugindata, timeoutMs);
+    return event.plugindata.data;
+  }
+
+  // Long-poll the session until an event satisfies accept.
+  async nextEvent(accept, timeoutMs) {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      const event = await httpJson(`${env.janusUrl}/${this.sessionId}?maxev=1`, {
+        signal: AbortSignal.timeout(Math.max(deadline - Date.now(), 1)),
+      });
+      if (accept(event)) {
+        return event;
+      }
+    }
+    throw new Error(`no matching Janus event within ${timeoutMs} ms`);
+  }
+
+  async close() {
+    await janus(`/${this.sessionId}/${this.handleId}`, { janus: 'detach' }).catch(() => {});
+    await janus(`/${this.sessionId}`, { janus: 'destroy' }).catch(() => {});
+  }
+}
+
+// Janus room ids are integers unless the plugin uses string ids, so a room
+// stored as text is sent back as a number.
+function janusRoomId(room) {
+  if (!/^[0-9]+$/.test(String(room))) {
+    throw new Error(`room "${room}" is not a numeric Janus room id`);
+  }
+  const id = Number(room);
+  if (!Number.isSafeInteger(id)) {
+    throw new Error(`room "${room}" is larger than 2^53-1 and cannot be sent in JSON exactly`);
+  }
+  return id;
+}
+
+module.exports = {
+  JanusClient,
+  WORKER_TIMEOUT_MS,
+  cancelWaiting,
+  deliveries,
+  env,
+  insertIntents,
+  intentsOf,
+  janus,
+  janusRoomId,
+  literal,
+  pushControl,
+  pushPrefix,
+  resetSettings,
+  roomRequests,
+  roomsControl,
+  row,
+  rows,
+  runTag,
+  serverLogSince,
+  serverLogSize,
+  setSettings,
+  sleep,
+  sql,
+  users,
+  waitFor,
+  workers,
+};
