@@ -129,6 +129,49 @@ async function insertIntents(list, mood) {
     SELECT id, user_id FROM inserted ORDER BY id`);
 }
 
+// Create a mood that only the calling test uses, so that no intent of
+// another test can become its partner. Mood names are at most 32 characters
+// of [a-z0-9_-], starting with a letter.
+async function newMood(name) {
+  const mood = `e${runTag}-${name}`;
+  if (!/^[a-z][a-z0-9_-]{0,31}$/.test(mood)) {
+    throw new Error(`mood "${mood}" is not a valid mood name: use a shorter name of [a-z0-9_-]`);
+  }
+  await sql(`INSERT INTO matchmaker.moods (mood) VALUES (${literal(mood)}) ON CONFLICT DO NOTHING`);
+  return mood;
+}
+
+// Wait until every intent of the users has one of the statuses, and
+// return the intents.
+async function waitForIntents(list, statuses, timeoutMs = WORKER_TIMEOUT_MS) {
+  const expected = new Set(Array.isArray(statuses) ? statuses : [statuses]);
+  return waitFor(async () => {
+    const intents = await intentsOf(list);
+    const done = intents.length === list.length && intents.every((i) => expected.has(i.status));
+    return done && intents;
+  }, timeoutMs, `intents of ${list.map((u) => u.user).join(', ')} to be ${[...expected].join(' or ')}`);
+}
+
+// Return the outbox rows of the given intent ids, ordered by id.
+async function outboxOf(intentIds) {
+  if (intentIds.length === 0) {
+    return [];
+  }
+  return rows(`SELECT * FROM matchmaker.outbox WHERE intent_id IN (${intentIds.join(', ')}) ORDER BY id`);
+}
+
+// Wait until the outbox rows of the intents are no longer pending and
+// return them. Expects at least one row per intent.
+async function waitForOutbox(intentIds, timeoutMs = WORKER_TIMEOUT_MS) {
+  return waitFor(async () => {
+    const outbox = await outboxOf(intentIds);
+    const covered = new Set(outbox.map((o) => o.intent_id));
+    const done = intentIds.every((id) => covered.has(id)) &&
+      outbox.every((o) => o.status !== 'pending');
+    return done && outbox;
+  }, timeoutMs, `outbox rows of intents ${intentIds.join(', ')} to leave pending`);
+}
+
 // Cancel every waiting intent, so a test starts with no partner left over
 // from an earlier test. The tests run one at a time.
 async function cancelWaiting() {
@@ -164,6 +207,32 @@ async function workers() {
     FROM pg_stat_activity
     WHERE backend_type LIKE '%matchmaker%'
     ORDER BY pid`);
+}
+
+// Send SIGKILL to the worker and wait until the postmaster has started a
+// new one. Returns the new worker's pid.
+async function killWorker(timeoutMs = 30000) {
+  const [worker] = await waitFor(async () => {
+    const list = await workers();
+    return list.length > 0 && list;
+  }, timeoutMs, 'a matchmaker worker to kill');
+  process.kill(worker.pid, 'SIGKILL');
+  const [next] = await waitFor(async () => {
+    const list = await workers();
+    return list.length > 0 && list[0].pid !== worker.pid && list;
+  }, timeoutMs, `a new matchmaker worker after killing pid ${worker.pid}`);
+  return next.pid;
+}
+
+// Return a loopback URL on which nothing listens: the port was free when
+// this function closed its listener on it.
+async function closedUrl(path) {
+  const net = require('node:net');
+  const server = net.createServer();
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return `http://127.0.0.1:${port}${path}`;
 }
 
 // Return the lines of the server log written after the given byte offset.
@@ -315,13 +384,17 @@ module.exports = {
   JanusClient,
   WORKER_TIMEOUT_MS,
   cancelWaiting,
+  closedUrl,
   deliveries,
   env,
   insertIntents,
   intentsOf,
   janus,
   janusRoomId,
+  killWorker,
   literal,
+  newMood,
+  outboxOf,
   pushControl,
   pushPrefix,
   resetSettings,
@@ -337,5 +410,7 @@ module.exports = {
   sql,
   users,
   waitFor,
+  waitForIntents,
+  waitForOutbox,
   workers,
 };

@@ -1,0 +1,149 @@
+'use strict';
+
+// Room providers: the "http" provider against the fake room service, and
+// failures of either provider. A match whose room cannot be made fails,
+// both users get a "failed" push, and the worker stays up.
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const lib = require('./lib.js');
+
+const HTTP_SETTINGS = ['matchmaker.room_provider', 'matchmaker.room_url',
+  'matchmaker.max_attempts', 'matchmaker.retry_base'];
+const MAX_ATTEMPTS = 2;
+
+function useHttpProvider(t) {
+  t.after(() => lib.resetSettings(HTTP_SETTINGS));
+  return lib.setSettings({
+    'matchmaker.room_provider': 'http',
+    'matchmaker.room_url': lib.env.roomsUrl,
+    'matchmaker.max_attempts': MAX_ATTEMPTS,
+    'matchmaker.retry_base': 100,
+  });
+}
+
+// Wait until the match of the users has left pending and return it.
+async function settledMatch(pair) {
+  const intents = await lib.waitForIntents(pair, ['matched', 'failed']);
+  const matchId = intents[0].match_id;
+  assert.ok(Number.isInteger(matchId), `${pair[0].user} has no match_id`);
+  return lib.waitFor(async () => {
+    const match = await lib.row(`SELECT * FROM matchmaker.matches WHERE id = ${matchId}`);
+    return match && match.status !== 'pending' && match;
+  }, 30000, `match ${matchId} to leave pending`);
+}
+
+// Check that the match failed and that each user got one "failed" push.
+async function assertFailedWithPushes(pair, match) {
+  assert.equal(match.status, 'failed');
+  assert.ok(match.last_error, `failed match ${match.id} must record last_error`);
+
+  const intents = await lib.waitForIntents(pair, 'failed');
+  const outbox = await lib.waitForOutbox(intents.map((i) => i.id));
+  for (const intent of intents) {
+    const rows = outbox.filter((o) => o.intent_id === intent.id);
+    assert.equal(rows.length, 1, `intent ${intent.id} must have one outbox row`);
+    assert.equal(rows[0].status, 'sent');
+    const pushed = await lib.deliveries(rows[0].push_token);
+    assert.equal(pushed.length, 1);
+    assert.deepEqual(pushed[0].body.data, { type: 'failed', intent_id: intent.id, match_id: match.id });
+  }
+}
+
+test('http provider room reaches pushes', async (t) => {
+  await useHttpProvider(t);
+  const name = 'httproom';
+  const mood = await lib.newMood(name);
+  const pair = lib.users(name, 2);
+  const inserted = await lib.insertIntents(pair, mood);
+
+  const match = await settledMatch(pair);
+  assert.equal(match.status, 'ready', `match ${match.id}: last_error ${match.last_error}`);
+  const requests = await lib.roomRequests(pair[0].user);
+  assert.equal(requests.length, 1);
+  const [request] = requests;
+  assert.equal(request.body.match_id, match.id);
+  assert.equal(request.body.mood, mood);
+  assert.deepEqual([...request.body.users].sort(), pair.map((u) => u.user).sort());
+  assert.match(request.headers['content-type'] ?? '', /^application\/json/);
+  assert.equal(match.room, request.answer.room);
+
+  await lib.waitForOutbox(inserted.map((i) => i.id));
+  for (const user of pair) {
+    const [push] = await lib.deliveries(user.token);
+    assert.equal(push.body.data.type, 'match');
+    assert.equal(push.body.data.room, request.answer.room);
+    assert.equal(push.body.data.token, request.answer.tokens[user.user]);
+  }
+});
+
+test('room service 500 fails match', async (t) => {
+  await useHttpProvider(t);
+  const name = 'room500';
+  const mood = await lib.newMood(name);
+  const pair = lib.users(name, 2);
+  await lib.roomsControl({ fail: 100, status: 500, user: `${name}-${lib.runTag}-` });
+  await lib.insertIntents(pair, mood);
+
+  const match = await settledMatch(pair);
+  assert.equal(match.attempts, MAX_ATTEMPTS);
+  assert.match(match.last_error ?? '', /500/);
+  const requests = await lib.roomRequests(`${name}-${lib.runTag}-`);
+  assert.equal(requests.length, MAX_ATTEMPTS, 'one room request per attempt');
+  await assertFailedWithPushes(pair, match);
+});
+
+test('garbage room answers fail match', async (t) => {
+  await useHttpProvider(t);
+  const [before] = await lib.workers();
+  assert.ok(before, 'no matchmaker worker running');
+  const logOffset = lib.serverLogSize();
+
+  const variants = ['text', 'html', 'truncated', 'array', 'no-room', 'no-tokens',
+    'wrong-types', 'missing-user', 'empty'];
+  // One mood per variant, so that each pair is made of its own users.
+  const pairs = [];
+  const intents = [];
+  for (const variant of variants) {
+    const mood = await lib.newMood(`g-${variant}`);
+    const pair = lib.users(`garbage-${variant}`, 2);
+    await lib.roomsControl({ garbage: 100, variant, user: `garbage-${variant}-${lib.runTag}-` });
+    pairs.push({ variant, pair });
+    intents.push(...pair.map((u) => ({ ...u, mood })));
+  }
+  await lib.insertIntents(intents);
+
+  for (const { variant, pair } of pairs) {
+    const match = await settledMatch(pair);
+    assert.equal(match.status, 'failed', `variant ${variant}: expected a failed match`);
+    assert.ok(match.last_error, `variant ${variant}: last_error must be set`);
+    const requests = await lib.roomRequests(`garbage-${variant}-${lib.runTag}-`);
+    assert.ok(requests.length >= 1, `variant ${variant}: no room request`);
+    assert.ok(requests.length <= MAX_ATTEMPTS,
+      `variant ${variant}: ${requests.length} room requests, more than max_attempts`);
+    await assertFailedWithPushes(pair, match);
+  }
+
+  const after = await lib.workers();
+  assert.deepEqual(after.map((w) => w.pid), [before.pid], 'the worker must survive bad answers');
+  const log = lib.serverLogSince(logOffset);
+  assert.doesNotMatch(log, /matchmaker.*(exited with exit code|terminated by signal)/);
+});
+
+test('unreachable janus fails match', async (t) => {
+  const names = ['matchmaker.room_url', 'matchmaker.max_attempts', 'matchmaker.retry_base'];
+  t.after(() => lib.resetSettings(names));
+  await lib.setSettings({
+    'matchmaker.room_url': await lib.closedUrl('/janus'),
+    'matchmaker.max_attempts': MAX_ATTEMPTS,
+    'matchmaker.retry_base': 100,
+  });
+  const name = 'nojanus';
+  const mood = await lib.newMood(name);
+  const pair = lib.users(name, 2);
+  await lib.insertIntents(pair, mood);
+
+  const match = await settledMatch(pair);
+  assert.equal(match.attempts, MAX_ATTEMPTS);
+  await assertFailedWithPushes(pair, match);
+});
