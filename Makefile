@@ -1,0 +1,29 @@
+# matchmaker: PGXS build
+MODULE_big = matchmaker
+OBJS = \
+	src/matchmaker.o \
+	src/worker.o \
+	src/match.o \
+	src/http.o \
+	src/json.o \
+	src/room_janus.o \
+	src/room_http.o \
+	src/push_webhook.o
+
+EXTENSION = matchmaker
+DATA = sql/matchmaker--0.1.sql
+PGFILEDESC = "matchmaker - mood matchmaking worker"
+
+PG_CPPFLAGS = -I$(srcdir)/src -I$(shell $(PG_CONFIG) --includedir)
+SHLIB_LINK = -lpq -lcurl -ljansson -lcrypto
+
+REGRESS = schema validation matching expiry stats
+REGRESS_OPTS = --temp-instance=tmp_check --temp-config=$(srcdir)/test/regress.conf
+ISOLATION = claim cancel
+ISOLATION_OPTS = --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/regress.conf
+
+EXTRA_CLEAN = tmp_check tmp_check_iso results output_iso
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

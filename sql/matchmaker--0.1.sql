@@ -1,0 +1,325 @@
+/* sql/matchmaker--0.1.sql */
+
+-- complain if script is sourced in psql, rather than via CREATE EXTENSION
+\echo Use "CREATE EXTENSION matchmaker" to load this file. \quit
+
+/*
+ * The tables below are the matchmaker's whole state machine.  The worker
+ * keeps nothing that matters in memory: every step it takes is a short
+ * transaction that moves rows from one status to the next, so a crash or a
+ * restart resumes from what the tables say.
+ *
+ *   intents:  waiting -> matched | expired | cancelled
+ *   matches:  pending -> ready | failed     (pending = waiting for its room)
+ *   outbox:   pending -> sent | failed
+ */
+
+CREATE TABLE matchmaker.moods (
+	mood		text PRIMARY KEY
+				CONSTRAINT moods_mood_format
+				CHECK (mood ~ '^[a-z][a-z0-9_-]{0,31}$'),
+	description text NOT NULL DEFAULT '',
+	created_at	timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE matchmaker.moods IS
+	'moods users can pick; add or remove them with INSERT and DELETE';
+
+INSERT INTO matchmaker.moods (mood, description) VALUES
+	('happy', 'in a good mood and up for a chat'),
+	('sad', 'having a rough time'),
+	('chill', 'relaxed, nothing in particular'),
+	('bored', 'looking for something to do'),
+	('excited', 'something great happened'),
+	('lonely', 'wants company'),
+	('curious', 'wants to hear someone new'),
+	('stressed', 'needs to talk it off');
+
+CREATE TABLE matchmaker.matches (
+	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	mood		text NOT NULL,
+	status		text NOT NULL DEFAULT 'pending'
+				CONSTRAINT matches_status_valid
+				CHECK (status IN ('pending', 'ready', 'failed')),
+	intent_ids	bigint[] NOT NULL,
+	user_ids	text[] NOT NULL,
+	room		text,
+	-- provider-specific state kept across attempts (the room id and tokens
+	-- chosen before the first request, so a retry asks for the same room)
+	plan		jsonb,
+	attempts	integer NOT NULL DEFAULT 0,
+	next_attempt_at timestamptz NOT NULL DEFAULT now(),
+	last_error	text,
+	created_at	timestamptz NOT NULL DEFAULT now(),
+	ready_at	timestamptz,
+	CONSTRAINT matches_pair
+		CHECK (cardinality(intent_ids) = 2 AND cardinality(user_ids) = 2),
+	CONSTRAINT matches_ready_has_room
+		CHECK (status <> 'ready' OR (room IS NOT NULL AND ready_at IS NOT NULL))
+);
+
+CREATE INDEX matches_due ON matchmaker.matches (next_attempt_at)
+	WHERE status = 'pending';
+
+CREATE TABLE matchmaker.intents (
+	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	user_id		text NOT NULL
+				CONSTRAINT intents_user_id_length
+				CHECK (octet_length(user_id) BETWEEN 1 AND 128),
+	mood		text NOT NULL,
+	push_token	text NOT NULL
+				CONSTRAINT intents_push_token_length
+				CHECK (octet_length(push_token) BETWEEN 1 AND 4096),
+	status		text NOT NULL DEFAULT 'waiting'
+				CONSTRAINT intents_status_valid
+				CHECK (status IN ('waiting', 'matched', 'expired',
+								  'cancelled', 'failed')),
+	created_at	timestamptz NOT NULL DEFAULT now(),
+	expires_at	timestamptz,
+	match_id	bigint
+				CONSTRAINT intents_match_fkey
+				REFERENCES matchmaker.matches (id),
+	matched_at	timestamptz,
+	CONSTRAINT intents_matched_has_match
+		CHECK (status <> 'matched' OR match_id IS NOT NULL),
+	CONSTRAINT intents_waiting_has_no_match
+		CHECK (status <> 'waiting' OR match_id IS NULL)
+);
+
+COMMENT ON TABLE matchmaker.intents IS
+	'one row per user asking to be matched; insert (user_id, mood, push_token)';
+
+-- at most one waiting intent per user; the trigger gives the friendly
+-- error, this index closes the race between two concurrent inserts
+CREATE UNIQUE INDEX intents_one_waiting_per_user
+	ON matchmaker.intents (user_id) WHERE status = 'waiting';
+
+-- what the matcher and the expiry pass scan
+CREATE INDEX intents_waiting ON matchmaker.intents (mood, id)
+	WHERE status = 'waiting';
+CREATE INDEX intents_waiting_expiry ON matchmaker.intents (expires_at)
+	WHERE status = 'waiting';
+CREATE INDEX intents_match_id ON matchmaker.intents (match_id)
+	WHERE match_id IS NOT NULL;
+
+CREATE TABLE matchmaker.outbox (
+	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	intent_id	bigint NOT NULL,
+	match_id	bigint
+				CONSTRAINT outbox_match_fkey
+				REFERENCES matchmaker.matches (id),
+	push_token	text NOT NULL,
+	payload		jsonb NOT NULL,
+	status		text NOT NULL DEFAULT 'pending'
+				CONSTRAINT outbox_status_valid
+				CHECK (status IN ('pending', 'sent', 'failed')),
+	attempts	integer NOT NULL DEFAULT 0,
+	next_attempt_at timestamptz NOT NULL DEFAULT now(),
+	last_error	text,
+	created_at	timestamptz NOT NULL DEFAULT now(),
+	sent_at		timestamptz,
+	CONSTRAINT outbox_sent_has_time
+		CHECK (status <> 'sent' OR sent_at IS NOT NULL)
+);
+
+CREATE INDEX outbox_due ON matchmaker.outbox (next_attempt_at)
+	WHERE status = 'pending';
+
+/*
+ * Input checks, with messages that name the bad value.  The CHECK
+ * constraints above stay as the last line of defence.
+ */
+CREATE FUNCTION matchmaker.intents_before_insert()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ttl integer;
+BEGIN
+	IF NEW.user_id IS NULL OR NEW.user_id = '' THEN
+		RAISE EXCEPTION 'user_id must not be empty'
+			USING ERRCODE = 'not_null_violation';
+	END IF;
+	IF octet_length(NEW.user_id) > 128 THEN
+		RAISE EXCEPTION 'user_id is too long'
+			USING ERRCODE = 'string_data_right_truncation',
+				  DETAIL = format('user_id is %s bytes; the limit is 128.',
+								  octet_length(NEW.user_id));
+	END IF;
+	IF NEW.push_token IS NULL OR NEW.push_token = '' THEN
+		RAISE EXCEPTION 'push_token must not be empty'
+			USING ERRCODE = 'not_null_violation';
+	END IF;
+	IF octet_length(NEW.push_token) > 4096 THEN
+		RAISE EXCEPTION 'push_token is too long'
+			USING ERRCODE = 'string_data_right_truncation',
+				  DETAIL = format('push_token is %s bytes; the limit is 4096.',
+								  octet_length(NEW.push_token));
+	END IF;
+	IF NEW.mood IS NULL OR NOT EXISTS
+		(SELECT 1 FROM matchmaker.moods m WHERE m.mood = NEW.mood) THEN
+		RAISE EXCEPTION 'unknown mood "%"', NEW.mood
+			USING ERRCODE = 'foreign_key_violation',
+				  HINT = 'The moods are listed in matchmaker.moods.';
+	END IF;
+	IF NEW.status <> 'waiting' THEN
+		RAISE EXCEPTION 'a new intent must be waiting, not %', NEW.status
+			USING ERRCODE = 'check_violation';
+	END IF;
+	IF EXISTS (SELECT 1 FROM matchmaker.intents i
+			   WHERE i.user_id = NEW.user_id AND i.status = 'waiting') THEN
+		RAISE EXCEPTION 'user "%" already has a waiting intent', NEW.user_id
+			USING ERRCODE = 'unique_violation',
+				  HINT = 'Cancel it first: UPDATE matchmaker.intents SET status = ''cancelled''.';
+	END IF;
+
+	NEW.match_id := NULL;
+	NEW.matched_at := NULL;
+	IF NEW.expires_at IS NULL THEN
+		ttl := coalesce(nullif(current_setting('matchmaker.intent_ttl', true),
+							   '')::integer, 60);
+		NEW.expires_at := NEW.created_at + make_interval(secs => ttl);
+	END IF;
+	RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER intents_before_insert
+	BEFORE INSERT ON matchmaker.intents
+	FOR EACH ROW EXECUTE FUNCTION matchmaker.intents_before_insert();
+
+/*
+ * Apps may only cancel a waiting intent; every other status change is the
+ * worker's.  Catching a client that tries, for instance, to put a matched
+ * intent back to waiting keeps the state machine honest.
+ */
+CREATE FUNCTION matchmaker.intents_before_update()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NEW.status IS DISTINCT FROM OLD.status AND
+		NOT (OLD.status = 'waiting' AND
+			 NEW.status IN ('matched', 'expired', 'cancelled')) AND
+		NOT (OLD.status = 'matched' AND NEW.status = 'failed') THEN
+		RAISE EXCEPTION 'intent % cannot go from % to %',
+			OLD.id, OLD.status, NEW.status
+			USING ERRCODE = 'check_violation',
+				  HINT = 'Only a waiting intent can be cancelled.';
+	END IF;
+	IF NEW.user_id IS DISTINCT FROM OLD.user_id OR
+		NEW.mood IS DISTINCT FROM OLD.mood THEN
+		RAISE EXCEPTION 'user_id and mood of an intent cannot change'
+			USING ERRCODE = 'check_violation',
+				  HINT = 'Cancel the intent and insert a new one.';
+	END IF;
+	RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER intents_before_update
+	BEFORE UPDATE ON matchmaker.intents
+	FOR EACH ROW EXECUTE FUNCTION matchmaker.intents_before_update();
+
+/*
+ * Wake the worker.  The payload is empty: the notification only says
+ * "look again", and identical notifications within one transaction fold
+ * into one.  The worker also scans on a timer, so a lost notification
+ * costs at most one poll interval.
+ */
+CREATE FUNCTION matchmaker.intents_notify()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM pg_notify('matchmaker', '');
+	RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER intents_notify
+	AFTER INSERT ON matchmaker.intents
+	FOR EACH STATEMENT EXECUTE FUNCTION matchmaker.intents_notify();
+
+/*
+ * One matching pass: pairs waiting intents of the same mood, oldest first,
+ * and returns the number of matches made.  The worker runs the same code;
+ * calling it by hand is how the tests make matching deterministic.
+ */
+CREATE FUNCTION matchmaker.match_pass(max_intents integer DEFAULT 1000)
+RETURNS integer
+LANGUAGE c STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'matchmaker_match_pass';
+
+/*
+ * Expire waiting intents whose time is up, queueing an "expired" push for
+ * each.  Returns how many expired.
+ */
+CREATE FUNCTION matchmaker.expire_pass(max_intents integer DEFAULT 1000)
+RETURNS integer
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH due AS (
+		SELECT id FROM matchmaker.intents
+		WHERE status = 'waiting' AND expires_at <= now()
+		ORDER BY expires_at
+		LIMIT max_intents
+		FOR UPDATE SKIP LOCKED
+	), expired AS (
+		UPDATE matchmaker.intents i SET status = 'expired'
+		FROM due WHERE i.id = due.id
+		RETURNING i.id, i.mood, i.push_token
+	), queued AS (
+		INSERT INTO matchmaker.outbox (intent_id, push_token, payload)
+		SELECT id, push_token,
+			   jsonb_build_object('type', 'expired', 'intent_id', id,
+								  'mood', mood)
+		FROM expired
+		RETURNING 1
+	)
+	SELECT count(*)::integer FROM queued
+$$;
+
+CREATE VIEW matchmaker.stats AS
+	SELECT 'intents'::text AS kind, i.mood AS key, i.status,
+		   count(*) AS count,
+		   max(now() - i.created_at) FILTER (WHERE i.status = 'waiting')
+			   AS oldest_wait
+	FROM matchmaker.intents i
+	GROUP BY i.mood, i.status
+	UNION ALL
+	SELECT 'matches', NULL, m.status, count(*), NULL
+	FROM matchmaker.matches m
+	GROUP BY m.status
+	UNION ALL
+	SELECT 'pushes', NULL, o.status, count(*), NULL
+	FROM matchmaker.outbox o
+	GROUP BY o.status;
+
+COMMENT ON VIEW matchmaker.stats IS
+	'counts of intents by mood and status, matches and pushes by status';
+
+/* One waiting intent per mood at most would mean nothing waits long. */
+CREATE VIEW matchmaker.waiting AS
+	SELECT m.mood,
+		   count(i.id) AS waiting,
+		   coalesce(max(now() - i.created_at), '0'::interval) AS oldest_wait
+	FROM matchmaker.moods m
+	LEFT JOIN matchmaker.intents i
+		ON i.mood = m.mood AND i.status = 'waiting'
+	GROUP BY m.mood;
+
+REVOKE ALL ON ALL TABLES IN SCHEMA matchmaker FROM PUBLIC;
+REVOKE ALL ON FUNCTION matchmaker.match_pass(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION matchmaker.expire_pass(integer) FROM PUBLIC;
+
+-- the seeded moods come back with CREATE EXTENSION; dump only the others
+SELECT pg_catalog.pg_extension_config_dump('matchmaker.moods',
+	$$WHERE mood NOT IN ('happy', 'sad', 'chill', 'bored', 'excited', 'lonely', 'curious', 'stressed')$$);
+SELECT pg_catalog.pg_extension_config_dump('matchmaker.intents', '');
+SELECT pg_catalog.pg_extension_config_dump('matchmaker.matches', '');
+SELECT pg_catalog.pg_extension_config_dump('matchmaker.outbox', '');

@@ -1,0 +1,195 @@
+/*-------------------------------------------------------------------------
+ *
+ * matchmaker.c
+ *	  Module load: settings and the background worker's registration.
+ *
+ * The library must be in shared_preload_libraries for the worker to run.
+ * Loaded any other way (a plain CREATE EXTENSION in a server without it),
+ * the settings still exist so that matchmaker.match_pass() and the intent
+ * triggers work, but nothing pairs intents in the background.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "postmaster/bgworker.h"
+#include "utils/guc.h"
+
+#include "matchmaker.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+char	   *mm_database = NULL;
+int			mm_room_provider = MM_ROOM_JANUS;
+char	   *mm_room_url = NULL;
+int			mm_push_provider = MM_PUSH_WEBHOOK;
+char	   *mm_push_url = NULL;
+int			mm_intent_ttl = 60;
+int			mm_max_attempts = 5;
+int			mm_retry_base = 500;
+int			mm_retry_max = 60000;
+int			mm_connect_timeout = 2000;
+int			mm_request_timeout = 5000;
+int			mm_max_inflight = 128;
+int			mm_poll_interval = 500;
+int			mm_batch_size = 1000;
+
+static const struct config_enum_entry room_provider_options[] = {
+	{"janus", MM_ROOM_JANUS, false},
+	{"http", MM_ROOM_HTTP, false},
+	{NULL, 0, false}
+};
+
+static const struct config_enum_entry push_provider_options[] = {
+	{"webhook", MM_PUSH_WEBHOOK, false},
+	{NULL, 0, false}
+};
+
+static void
+define_settings(void)
+{
+	DefineCustomStringVariable("matchmaker.database",
+							   "Database the matchmaker worker serves.",
+							   "The worker restarts to follow a change.",
+							   &mm_database,
+							   "postgres",
+							   PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("matchmaker.room_provider",
+							 "Service that makes voice rooms: janus or http.",
+							 NULL,
+							 &mm_room_provider,
+							 MM_ROOM_JANUS,
+							 room_provider_options,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomStringVariable("matchmaker.room_url",
+							   "URL of the room provider.",
+							   "For janus, the HTTP endpoint such as http://127.0.0.1:8088/janus.",
+							   &mm_room_url,
+							   "http://127.0.0.1:8088/janus",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("matchmaker.push_provider",
+							 "Service that delivers pushes: webhook.",
+							 NULL,
+							 &mm_push_provider,
+							 MM_PUSH_WEBHOOK,
+							 push_provider_options,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomStringVariable("matchmaker.push_url",
+							   "URL the webhook push provider posts to.",
+							   NULL,
+							   &mm_push_url,
+							   "http://127.0.0.1:8089/push",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("matchmaker.intent_ttl",
+							"How long a waiting intent lives.",
+							"Applied to intents inserted afterwards.",
+							&mm_intent_ttl,
+							60, 1, 86400,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("matchmaker.max_attempts",
+							"Attempts at a room or a push before it fails.",
+							NULL,
+							&mm_max_attempts,
+							5, 1, 100,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("matchmaker.retry_base",
+							"Delay before the first retry; it doubles with each attempt.",
+							NULL,
+							&mm_retry_base,
+							500, 1, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("matchmaker.retry_max",
+							"Longest delay between two attempts.",
+							NULL,
+							&mm_retry_max,
+							60000, 1, 24 * 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("matchmaker.connect_timeout",
+							"Time allowed to connect to a provider.",
+							NULL,
+							&mm_connect_timeout,
+							2000, 1, 600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("matchmaker.request_timeout",
+							"Time allowed for a whole request to a provider.",
+							NULL,
+							&mm_request_timeout,
+							5000, 1, 600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("matchmaker.max_inflight",
+							"Most provider requests the worker keeps open at once.",
+							NULL,
+							&mm_max_inflight,
+							128, 1, 1000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("matchmaker.poll_interval",
+							"How often the worker looks for work without being woken.",
+							NULL,
+							&mm_poll_interval,
+							500, 10, 60000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("matchmaker.batch_size",
+							"Most intents one matching pass looks at.",
+							NULL,
+							&mm_batch_size,
+							1000, 2, 100000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("matchmaker");
+}
+
+void
+_PG_init(void)
+{
+	BackgroundWorker worker;
+
+	define_settings();
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
+		BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 1;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "matchmaker");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "matchmaker_worker_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "matchmaker worker");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "matchmaker worker");
+	worker.bgw_main_arg = (Datum) 0;
+	worker.bgw_notify_pid = 0;
+
+	RegisterBackgroundWorker(&worker);
+}

@@ -1,0 +1,164 @@
+/*-------------------------------------------------------------------------
+ *
+ * matchmaker.h
+ *	  Declarations shared by the matchmaker worker, its HTTP engine and its
+ *	  providers.
+ *
+ * The worker moves rows through the state machine kept in the matchmaker
+ * schema.  Room providers turn a pending match into a room plus one join
+ * token per user; push providers deliver one outbox row.  Both talk HTTP
+ * through the engine in http.c and report back with an MMOutcome.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef MATCHMAKER_H
+#define MATCHMAKER_H
+
+#include "lib/stringinfo.h"
+
+#include <jansson.h>
+
+/* limits on what providers may hand back */
+#define MM_MAX_ROOM_LEN		255
+#define MM_MAX_TOKEN_LEN	4096
+#define MM_MAX_RESPONSE		(1024 * 1024)
+
+/* settings (matchmaker.c) */
+typedef enum MMRoomProviderKind
+{
+	MM_ROOM_JANUS,
+	MM_ROOM_HTTP
+} MMRoomProviderKind;
+
+typedef enum MMPushProviderKind
+{
+	MM_PUSH_WEBHOOK
+} MMPushProviderKind;
+
+extern char *mm_database;
+extern int	mm_room_provider;
+extern char *mm_room_url;
+extern int	mm_push_provider;
+extern char *mm_push_url;
+extern int	mm_intent_ttl;
+extern int	mm_max_attempts;
+extern int	mm_retry_base;
+extern int	mm_retry_max;
+extern int	mm_connect_timeout;
+extern int	mm_request_timeout;
+extern int	mm_max_inflight;
+extern int	mm_poll_interval;
+extern int	mm_batch_size;
+
+/* how one attempt at a provider went */
+typedef enum MMResult
+{
+	MM_OK,						/* done */
+	MM_RETRY,					/* try again later */
+	MM_FAIL						/* give up: retrying cannot help */
+} MMResult;
+
+typedef struct MMOutcome
+{
+	MMResult	result;
+	char	   *error;			/* palloc'd, NULL on success */
+	int			retry_after_ms; /* lower bound asked by the peer, or -1 */
+} MMOutcome;
+
+/* http.c: one libcurl multi handle serving every request */
+typedef struct MMHttpResponse
+{
+	long		status;			/* HTTP status, 0 if none came */
+	int			curl_code;		/* CURLcode */
+	const char *curl_error;		/* curl's message when curl_code != 0 */
+	const char *body;			/* NUL-terminated, may be empty */
+	size_t		body_len;
+	int			retry_after_ms; /* parsed Retry-After, or -1 */
+} MMHttpResponse;
+
+typedef void (*MMHttpDone) (const MMHttpResponse *resp, void *arg);
+
+extern void mm_http_init(void);
+extern void mm_http_post(const char *url, const char *body,
+						 const char *const *headers,
+						 MMHttpDone done, void *arg);
+extern int	mm_http_inflight(void);
+extern int	mm_http_socket_count(void);
+extern int	mm_http_wait_setup(void *set);
+extern long mm_http_timeout_ms(void);
+extern void mm_http_perform(void);
+extern void mm_http_socket_ready(int fd, uint32 wl_events);
+extern void mm_http_classify(const MMHttpResponse *resp, MMOutcome *out);
+
+/* json.c */
+extern char *mm_json_dump(json_t *value);
+extern bool mm_json_get_string(json_t *obj, const char *key,
+							   const char **value, size_t maxlen);
+extern char *mm_random_token(int nbytes);
+extern int64 mm_random_room_id(void);
+
+/* room providers */
+typedef struct MMRoomJob
+{
+	int64		match_id;
+	char	   *mood;
+	char	   *users[2];
+	json_t	   *plan;			/* provider state persisted in matches.plan */
+	bool		plan_is_new;	/* plan must be saved before the request */
+	int			attempts;
+	MemoryContext cxt;			/* holds the job; deleted when recorded */
+
+	/* filled in by the provider */
+	MMOutcome	outcome;
+	char	   *room;
+	char	   *tokens[2];
+
+	struct MMRoomJob *next;		/* worker's lists */
+} MMRoomJob;
+
+typedef struct MMRoomProvider
+{
+	const char *name;
+	/* choose what must stay the same across attempts, or leave plan NULL */
+	void		(*make_plan) (MMRoomJob *job);
+	/* start the requests; call mm_room_done(job) exactly once when over */
+	void		(*start) (MMRoomJob *job);
+	/* periodic housekeeping (keepalives), may be NULL */
+	void		(*tick) (void);
+	/* forget cached state after a settings change, may be NULL */
+	void		(*reset) (void);
+} MMRoomProvider;
+
+extern const MMRoomProvider mm_room_janus;
+extern const MMRoomProvider mm_room_http;
+extern void mm_room_done(MMRoomJob *job);
+
+/* push providers */
+typedef struct MMPushJob
+{
+	int64		outbox_id;
+	char	   *push_token;
+	char	   *payload;		/* the data object, as JSON text */
+	int			attempts;
+	MemoryContext cxt;			/* holds the job; deleted when recorded */
+	MMOutcome	outcome;
+	struct MMPushJob *next;
+} MMPushJob;
+
+typedef struct MMPushProvider
+{
+	const char *name;
+	void		(*start) (MMPushJob *job);
+} MMPushProvider;
+
+extern const MMPushProvider mm_push_webhook;
+extern void mm_push_done(MMPushJob *job);
+
+/* match.c */
+extern int	mm_match_pass(int max_intents, int *scanned);
+
+/* worker.c */
+extern PGDLLEXPORT void matchmaker_worker_main(Datum main_arg);
+extern MemoryContext mm_job_context;
+
+#endif							/* MATCHMAKER_H */

@@ -1,0 +1,1170 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The matchmaker background worker: its loop and its transactions.
+ *
+ * One loop serves everything.  It sleeps on a single wait event set that
+ * holds the process latch, a libpq connection LISTENing for new intents,
+ * and the sockets of the HTTP requests in flight.  Each time it wakes it
+ *
+ *	 1. records the outcome of finished requests (one transaction),
+ *	 2. runs matching passes if woken by a notification or the poll timer,
+ *	 3. expires intents whose time is up (poll timer only),
+ *	 4. claims pending matches and outbox rows, as many as free request
+ *		slots allow, and starts their requests.
+ *
+ * Every step is its own short transaction, and no transaction is open
+ * while a request is in flight.  A claim takes a lease on the row (it
+ * moves next_attempt_at past the longest a request can take), so a worker
+ * that dies mid-request leaves rows that any worker picks up again once
+ * the lease runs out.  Matching, claims and outcomes lock rows with
+ * FOR UPDATE SKIP LOCKED or update them only from the status they were
+ * claimed in, so two workers never act on the same row twice.
+ *
+ * An error inside one of these transactions is caught, logged and rolled
+ * back; the loop goes on.  When recording a batch of outcomes fails, each
+ * outcome is retried alone, and one that still fails marks its row failed
+ * with the error, so that a single bad row cannot stop the others.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_authid.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "libpq-fe.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "postmaster/postmaster.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+/* PostgreSQL's SQL function json_object clashes with jansson's */
+#define json_object pg_sql_json_object
+#include "utils/builtins.h"
+#undef json_object
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "matchmaker.h"
+
+#define LISTEN_CHANNEL		"matchmaker"
+#define LISTEN_RETRY_MS		5000
+#define WARNING_INTERVAL_MS 10000
+#define MAX_PASSES_PER_WAKE 16
+
+MemoryContext mm_job_context = NULL;
+
+static MemoryContext loop_context = NULL;
+
+/* what the worker was started with */
+static char *served_database = NULL;
+static char *served_room_url = NULL;
+static int	served_room_provider = -1;
+static char *superuser_name = NULL;
+
+/* LISTEN connection to our own server */
+static PGconn *listener = NULL;
+static TimestampTz listener_retry_at = 0;
+static int	listener_marker;	/* address tags the socket's wait event */
+
+static bool extension_ready = false;
+
+/* finished jobs waiting to be recorded */
+static MMRoomJob *rooms_done = NULL;
+static MMPushJob *pushes_done = NULL;
+static int	jobs_inflight = 0;
+
+/* work that may be waiting beyond what the last claim took */
+static bool want_match = true;
+static bool want_rooms = true;
+static bool want_pushes = true;
+
+/* the error of the last failed transaction, for the row it concerns */
+static char *last_txn_error = NULL;
+
+typedef void (*TxnBody) (void *arg);
+
+static const MMRoomProvider *
+room_provider(void)
+{
+	return mm_room_provider == MM_ROOM_HTTP ? &mm_room_http : &mm_room_janus;
+}
+
+static const MMPushProvider *
+push_provider(void)
+{
+	return &mm_push_webhook;
+}
+
+/*
+ * Rate-limited WARNING for a provider that keeps failing: one line per
+ * WARNING_INTERVAL_MS per kind, counting what was held back.
+ */
+static void
+warn_failing(int kind, const char *what, const char *error)
+{
+	static TimestampTz last[2];
+	static int	held[2];
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (last[kind] != 0 &&
+		!TimestampDifferenceExceeds(last[kind], now, WARNING_INTERVAL_MS))
+	{
+		held[kind]++;
+		return;
+	}
+	ereport(WARNING,
+			(errmsg("matchmaker %s provider is failing: %s", what, error),
+			 held[kind] > 0 ?
+			 errdetail("%d similar failures in the last %d seconds were not logged.",
+					   held[kind], WARNING_INTERVAL_MS / 1000) : 0));
+	last[kind] = now;
+	held[kind] = 0;
+}
+
+/*
+ * Run body inside a transaction with SPI connected and a snapshot set.
+ * Returns false if it raised an error; the error is logged, kept in
+ * last_txn_error, and the transaction rolled back.
+ */
+static bool
+run_transaction(const char *activity, TxnBody body, void *arg)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	volatile bool ok = true;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	pgstat_report_activity(STATE_RUNNING, activity);
+	PG_TRY();
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		PushActiveSnapshot(GetTransactionSnapshot());
+		body(arg);
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+
+		if (last_txn_error)
+			pfree(last_txn_error);
+		last_txn_error = MemoryContextStrdup(TopMemoryContext, edata->message);
+		ereport(WARNING,
+				(errmsg("matchmaker worker could not %s: %s",
+						activity, edata->message)));
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(oldcxt);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	pgstat_report_stat(false);
+	return ok;
+}
+
+/* ---------------------------------------------------------------------
+ * Prepared statements
+ * ---------------------------------------------------------------------
+ */
+typedef struct Statement
+{
+	const char *sql;
+	int			nargs;
+	Oid			argtypes[4];
+	SPIPlanPtr	plan;
+} Statement;
+
+static Statement claim_rooms_stmt = {
+	"UPDATE matchmaker.matches m "
+	"SET attempts = m.attempts + 1, "
+	"    next_attempt_at = now() + $2 * interval '1 millisecond' "
+	"FROM (SELECT id FROM matchmaker.matches "
+	"      WHERE status = 'pending' AND next_attempt_at <= now() "
+	"      ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due "
+	"WHERE m.id = due.id "
+	"RETURNING m.id, m.mood, m.user_ids[1], m.user_ids[2], m.attempts, "
+	"          m.plan::text",
+	2, {INT4OID, INT4OID}
+};
+
+static Statement save_plan_stmt = {
+	"UPDATE matchmaker.matches SET plan = $2::jsonb "
+	"WHERE id = $1 AND status = 'pending'",
+	2, {INT8OID, TEXTOID}
+};
+
+static Statement room_ready_stmt = {
+	"WITH m AS ("
+	"  UPDATE matchmaker.matches "
+	"  SET status = 'ready', room = $2, ready_at = now(), last_error = NULL "
+	"  WHERE id = $1 AND status = 'pending' "
+	"  RETURNING id, mood"
+	") "
+	"INSERT INTO matchmaker.outbox (intent_id, match_id, push_token, payload) "
+	"SELECT i.id, m.id, i.push_token, "
+	"       jsonb_build_object('type', 'match', 'intent_id', i.id, "
+	"                          'match_id', m.id, 'mood', m.mood, "
+	"                          'room', $2, 'token', $3::jsonb ->> i.user_id) "
+	"FROM m JOIN matchmaker.intents i ON i.match_id = m.id "
+	"ORDER BY i.id",
+	3, {INT8OID, TEXTOID, TEXTOID}
+};
+
+static Statement room_retry_stmt = {
+	"UPDATE matchmaker.matches "
+	"SET next_attempt_at = now() + $2 * interval '1 millisecond', "
+	"    last_error = $3 "
+	"WHERE id = $1 AND status = 'pending'",
+	3, {INT8OID, INT4OID, TEXTOID}
+};
+
+static Statement room_fail_stmt = {
+	"WITH m AS ("
+	"  UPDATE matchmaker.matches SET status = 'failed', last_error = $2 "
+	"  WHERE id = $1 AND status = 'pending' "
+	"  RETURNING id"
+	"), i AS ("
+	"  UPDATE matchmaker.intents i SET status = 'failed' "
+	"  FROM m WHERE i.match_id = m.id AND i.status = 'matched' "
+	"  RETURNING i.id, i.push_token, m.id AS match_id"
+	") "
+	"INSERT INTO matchmaker.outbox (intent_id, match_id, push_token, payload) "
+	"SELECT id, match_id, push_token, "
+	"       jsonb_build_object('type', 'failed', 'intent_id', id, "
+	"                          'match_id', match_id) "
+	"FROM i ORDER BY id",
+	2, {INT8OID, TEXTOID}
+};
+
+static Statement claim_pushes_stmt = {
+	"UPDATE matchmaker.outbox o "
+	"SET attempts = o.attempts + 1, "
+	"    next_attempt_at = now() + $2 * interval '1 millisecond' "
+	"FROM (SELECT id FROM matchmaker.outbox "
+	"      WHERE status = 'pending' AND next_attempt_at <= now() "
+	"      ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due "
+	"WHERE o.id = due.id "
+	"RETURNING o.id, o.push_token, o.payload::text, o.attempts",
+	2, {INT4OID, INT4OID}
+};
+
+static Statement push_sent_stmt = {
+	"UPDATE matchmaker.outbox "
+	"SET status = 'sent', sent_at = now(), last_error = NULL "
+	"WHERE id = ANY ($1) AND status = 'pending'",
+	1, {INT8ARRAYOID}
+};
+
+static Statement push_retry_stmt = {
+	"UPDATE matchmaker.outbox "
+	"SET next_attempt_at = now() + $2 * interval '1 millisecond', "
+	"    last_error = $3 "
+	"WHERE id = $1 AND status = 'pending'",
+	3, {INT8OID, INT4OID, TEXTOID}
+};
+
+static Statement push_fail_stmt = {
+	"UPDATE matchmaker.outbox SET status = 'failed', last_error = $2 "
+	"WHERE id = $1 AND status = 'pending'",
+	2, {INT8OID, TEXTOID}
+};
+
+static int
+execute(Statement *st, Datum *args, int expect)
+{
+	int			ret;
+
+	if (st->plan == NULL)
+	{
+		SPIPlanPtr	p = SPI_prepare(st->sql, st->nargs, st->argtypes);
+
+		if (p == NULL)
+			elog(ERROR, "SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(p) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		st->plan = p;
+	}
+	ret = SPI_execute_plan(st->plan, args, NULL, false, 0);
+	if (ret != expect)
+		elog(ERROR, "statement failed: %s", SPI_result_code_string(ret));
+	return (int) SPI_processed;
+}
+
+/* ---------------------------------------------------------------------
+ * Delays
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * Delay before attempt number attempts + 1: exponential from retry_base,
+ * capped at retry_max, with "equal jitter" (half fixed, half random) so
+ * that a burst of failures does not come back as a burst.  Never shorter
+ * than what Retry-After asked for.
+ */
+static int
+retry_delay_ms(int attempts, int retry_after_ms)
+{
+	double		delay = mm_retry_base;
+	uint32		r;
+
+	for (int i = 1; i < attempts && delay < mm_retry_max; i++)
+		delay *= 2;
+	delay = Min(delay, (double) mm_retry_max);
+	if (!pg_strong_random(&r, sizeof(r)))
+		r = 0;
+	delay = delay / 2 + (delay / 2) * ((double) r / (double) PG_UINT32_MAX);
+	if (retry_after_ms >= 0 && delay < retry_after_ms)
+		delay = retry_after_ms;
+	return (int) delay;
+}
+
+/* How long a claim holds a row: longer than any request can take. */
+static int
+lease_ms(void)
+{
+	/* Janus may need a session, a handle and the room: three requests */
+	return 3 * mm_request_timeout + mm_connect_timeout + 1000;
+}
+
+/* ---------------------------------------------------------------------
+ * Outcomes
+ * ---------------------------------------------------------------------
+ */
+void
+mm_room_done(MMRoomJob *job)
+{
+	job->next = rooms_done;
+	rooms_done = job;
+}
+
+void
+mm_push_done(MMPushJob *job)
+{
+	job->next = pushes_done;
+	pushes_done = job;
+}
+
+/*
+ * The error text a failed row keeps: after the last attempt it says how
+ * many there were.
+ */
+static const char *
+final_error(const MMOutcome *out, int attempts)
+{
+	if (out->result == MM_RETRY)
+		return psprintf("gave up after %d attempts: %s", attempts,
+						out->error ? out->error : "no answer");
+	return out->error ? out->error : "failed";
+}
+
+static void
+record_room(MMRoomJob *job)
+{
+	Datum		args[3];
+
+	args[0] = Int64GetDatum(job->match_id);
+	if (job->outcome.result == MM_OK)
+	{
+		json_t	   *tokens = json_object();
+
+		json_object_set_new(tokens, job->users[0], json_string(job->tokens[0]));
+		json_object_set_new(tokens, job->users[1], json_string(job->tokens[1]));
+		args[1] = CStringGetTextDatum(job->room);
+		args[2] = CStringGetTextDatum(mm_json_dump(tokens));
+		execute(&room_ready_stmt, args, SPI_OK_INSERT);
+		want_pushes = true;
+		elog(DEBUG1, "matchmaker: match " INT64_FORMAT " has room %s",
+			 job->match_id, job->room);
+	}
+	else if (job->outcome.result == MM_RETRY && job->attempts < mm_max_attempts)
+	{
+		args[1] = Int32GetDatum(retry_delay_ms(job->attempts,
+											   job->outcome.retry_after_ms));
+		args[2] = CStringGetTextDatum(job->outcome.error);
+		execute(&room_retry_stmt, args, SPI_OK_UPDATE);
+		elog(DEBUG1, "matchmaker: room for match " INT64_FORMAT " will be retried: %s",
+			 job->match_id, job->outcome.error);
+	}
+	else
+	{
+		args[1] = CStringGetTextDatum(final_error(&job->outcome, job->attempts));
+		execute(&room_fail_stmt, args, SPI_OK_INSERT);
+		want_pushes = true;
+		elog(DEBUG1, "matchmaker: match " INT64_FORMAT " failed: %s",
+			 job->match_id, job->outcome.error);
+	}
+}
+
+static void
+record_push(MMPushJob *job)
+{
+	Datum		args[3];
+
+	args[0] = Int64GetDatum(job->outbox_id);
+	if (job->outcome.result == MM_OK)
+	{
+		args[0] = PointerGetDatum(construct_array(args, 1, INT8OID, 8,
+												  FLOAT8PASSBYVAL,
+												  TYPALIGN_DOUBLE));
+		execute(&push_sent_stmt, args, SPI_OK_UPDATE);
+	}
+	else if (job->outcome.result == MM_RETRY && job->attempts < mm_max_attempts)
+	{
+		args[1] = Int32GetDatum(retry_delay_ms(job->attempts,
+											   job->outcome.retry_after_ms));
+		args[2] = CStringGetTextDatum(job->outcome.error);
+		execute(&push_retry_stmt, args, SPI_OK_UPDATE);
+	}
+	else
+	{
+		args[1] = CStringGetTextDatum(final_error(&job->outcome, job->attempts));
+		execute(&push_fail_stmt, args, SPI_OK_UPDATE);
+	}
+}
+
+/* All finished jobs in one transaction; sent pushes in one statement. */
+static void
+record_all_body(void *arg)
+{
+	int			nsent = 0;
+	int			nmax = 0;
+	Datum	   *sent;
+
+	for (MMRoomJob *job = rooms_done; job != NULL; job = job->next)
+		record_room(job);
+
+	for (MMPushJob *job = pushes_done; job != NULL; job = job->next)
+		nmax++;
+	sent = palloc(sizeof(Datum) * Max(nmax, 1));
+	for (MMPushJob *job = pushes_done; job != NULL; job = job->next)
+	{
+		if (job->outcome.result == MM_OK)
+			sent[nsent++] = Int64GetDatum(job->outbox_id);
+		else
+			record_push(job);
+	}
+	if (nsent > 0)
+	{
+		Datum		arg0 = PointerGetDatum(construct_array(sent, nsent, INT8OID, 8,
+														   FLOAT8PASSBYVAL,
+														   TYPALIGN_DOUBLE));
+
+		execute(&push_sent_stmt, &arg0, SPI_OK_UPDATE);
+	}
+}
+
+static void
+record_one_room_body(void *arg)
+{
+	record_room((MMRoomJob *) arg);
+}
+
+static void
+record_one_push_body(void *arg)
+{
+	record_push((MMPushJob *) arg);
+}
+
+static void
+record_outcomes(void)
+{
+	MMRoomJob  *rooms = rooms_done;
+	MMPushJob  *pushes = pushes_done;
+
+	if (rooms == NULL && pushes == NULL)
+		return;
+
+	for (MMRoomJob *job = rooms; job; job = job->next)
+	{
+		jobs_inflight--;
+		if (job->outcome.result != MM_OK)
+			warn_failing(0, room_provider()->name, job->outcome.error ?
+						 job->outcome.error : "unknown error");
+	}
+	for (MMPushJob *job = pushes; job; job = job->next)
+	{
+		jobs_inflight--;
+		if (job->outcome.result != MM_OK)
+			warn_failing(1, push_provider()->name, job->outcome.error ?
+						 job->outcome.error : "unknown error");
+	}
+
+	if (!run_transaction("record provider outcomes", record_all_body, NULL))
+	{
+		/*
+		 * Something in the batch is bad.  Record each outcome alone; one
+		 * that fails again marks its row failed with the error it raised.
+		 */
+		for (MMRoomJob *job = rooms; job; job = job->next)
+		{
+			if (!run_transaction("record a room outcome",
+								 record_one_room_body, job))
+			{
+				job->outcome.result = MM_FAIL;
+				job->outcome.error = MemoryContextStrdup(job->cxt,
+														 last_txn_error);
+				run_transaction("mark a match failed",
+								record_one_room_body, job);
+			}
+		}
+		for (MMPushJob *job = pushes; job; job = job->next)
+		{
+			if (!run_transaction("record a push outcome",
+								 record_one_push_body, job))
+			{
+				job->outcome.result = MM_FAIL;
+				job->outcome.error = MemoryContextStrdup(job->cxt,
+														 last_txn_error);
+				run_transaction("mark a push failed",
+								record_one_push_body, job);
+			}
+		}
+	}
+
+	/* the slots are free again: look for more work */
+	want_rooms = want_rooms || rooms != NULL;
+	want_pushes = want_pushes || pushes != NULL;
+
+	while (rooms)
+	{
+		MMRoomJob  *next = rooms->next;
+
+		if (rooms->plan)
+			json_decref(rooms->plan);
+		MemoryContextDelete(rooms->cxt);
+		rooms = next;
+	}
+	while (pushes)
+	{
+		MMPushJob  *next = pushes->next;
+
+		MemoryContextDelete(pushes->cxt);
+		pushes = next;
+	}
+	rooms_done = NULL;
+	pushes_done = NULL;
+}
+
+/* ---------------------------------------------------------------------
+ * Claims
+ * ---------------------------------------------------------------------
+ */
+typedef struct Claim
+{
+	int			limit;
+	int			claimed;
+	MMRoomJob  *rooms;
+	MMPushJob  *pushes;
+} Claim;
+
+#define new_job_context(name) \
+	AllocSetContextCreate(mm_job_context, name, ALLOCSET_SMALL_SIZES)
+
+static void
+claim_rooms_body(void *arg)
+{
+	Claim	   *claim = (Claim *) arg;
+	const MMRoomProvider *provider = room_provider();
+	Datum		args[2];
+	SPITupleTable *tuptable;
+	uint64		n;
+
+	args[0] = Int32GetDatum(claim->limit);
+	args[1] = Int32GetDatum(lease_ms());
+	execute(&claim_rooms_stmt, args, SPI_OK_UPDATE_RETURNING);
+	n = SPI_processed;
+	tuptable = SPI_tuptable;
+
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	tup = tuptable->vals[i];
+		TupleDesc	desc = tuptable->tupdesc;
+		MemoryContext cxt = new_job_context("matchmaker room job");
+		MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+		MMRoomJob  *job = palloc0(sizeof(MMRoomJob));
+		bool		isnull;
+		char	   *plan;
+
+		job->cxt = cxt;
+		job->match_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		job->mood = SPI_getvalue(tup, desc, 2);
+		job->users[0] = SPI_getvalue(tup, desc, 3);
+		job->users[1] = SPI_getvalue(tup, desc, 4);
+		job->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+		plan = SPI_getvalue(tup, desc, 6);
+		if (plan != NULL)
+			job->plan = json_loads(plan, 0, NULL);
+		job->outcome.retry_after_ms = -1;
+
+		if (provider->make_plan)
+			provider->make_plan(job);
+		if (job->plan_is_new)
+		{
+			Datum		pargs[2];
+
+			pargs[0] = Int64GetDatum(job->match_id);
+			pargs[1] = CStringGetTextDatum(mm_json_dump(json_incref(job->plan)));
+			execute(&save_plan_stmt, pargs, SPI_OK_UPDATE);
+		}
+		MemoryContextSwitchTo(oldcxt);
+
+		job->next = claim->rooms;
+		claim->rooms = job;
+		claim->claimed++;
+	}
+}
+
+static void
+claim_pushes_body(void *arg)
+{
+	Claim	   *claim = (Claim *) arg;
+	Datum		args[2];
+	SPITupleTable *tuptable;
+	uint64		n;
+
+	args[0] = Int32GetDatum(claim->limit);
+	args[1] = Int32GetDatum(lease_ms());
+	execute(&claim_pushes_stmt, args, SPI_OK_UPDATE_RETURNING);
+	n = SPI_processed;
+	tuptable = SPI_tuptable;
+
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	tup = tuptable->vals[i];
+		TupleDesc	desc = tuptable->tupdesc;
+		MemoryContext cxt = new_job_context("matchmaker push job");
+		MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+		MMPushJob  *job = palloc0(sizeof(MMPushJob));
+		bool		isnull;
+
+		job->cxt = cxt;
+		job->outbox_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		job->push_token = SPI_getvalue(tup, desc, 2);
+		job->payload = SPI_getvalue(tup, desc, 3);
+		job->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+		job->outcome.retry_after_ms = -1;
+		MemoryContextSwitchTo(oldcxt);
+
+		job->next = claim->pushes;
+		claim->pushes = job;
+		claim->claimed++;
+	}
+}
+
+/*
+ * Start a claimed job's requests.  A job that cannot even start (a
+ * damaged plan, a value the provider cannot encode) is finished as failed
+ * on the spot instead of taking the worker down.
+ */
+static void
+start_room(MMRoomJob *job)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
+
+	jobs_inflight++;
+	if (job->attempts > mm_max_attempts)
+	{
+		/* earlier attempts ran out their leases without an answer */
+		job->outcome.result = MM_RETRY;
+		job->outcome.error = pstrdup("no answer within the lease");
+		job->attempts--;
+		mm_room_done(job);
+	}
+	else
+	{
+		PG_TRY();
+		{
+			room_provider()->start(job);
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(job->cxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			job->outcome.result = MM_FAIL;
+			job->outcome.error = edata->message;
+			mm_room_done(job);
+		}
+		PG_END_TRY();
+	}
+	MemoryContextSwitchTo(oldcxt);
+}
+
+static void
+start_push(MMPushJob *job)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
+
+	jobs_inflight++;
+	if (job->attempts > mm_max_attempts)
+	{
+		job->outcome.result = MM_RETRY;
+		job->outcome.error = pstrdup("no answer within the lease");
+		job->attempts--;
+		mm_push_done(job);
+	}
+	else
+	{
+		PG_TRY();
+		{
+			push_provider()->start(job);
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(job->cxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			job->outcome.result = MM_FAIL;
+			job->outcome.error = edata->message;
+			mm_push_done(job);
+		}
+		PG_END_TRY();
+	}
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * Claim rooms, then pushes, up to the free request slots.  A quarter of
+ * the slots stays for pushes while rooms are being made, so a flood of
+ * new matches cannot hold back the news of earlier ones.
+ */
+static void
+claim_and_start(void)
+{
+	int			free_slots = mm_max_inflight - jobs_inflight;
+	Claim		claim;
+
+	if (want_rooms && free_slots > 0)
+	{
+		memset(&claim, 0, sizeof(claim));
+		claim.limit = Max(1, free_slots - free_slots / 4);
+		if (run_transaction("claim matches", claim_rooms_body, &claim))
+		{
+			want_rooms = (claim.claimed == claim.limit);
+			free_slots -= claim.claimed;
+			for (MMRoomJob *job = claim.rooms, *next; job; job = next)
+			{
+				next = job->next;
+				job->next = NULL;
+				start_room(job);
+			}
+		}
+		else
+			want_rooms = false; /* the poll timer tries again */
+	}
+
+	if (want_pushes && free_slots > 0)
+	{
+		memset(&claim, 0, sizeof(claim));
+		claim.limit = free_slots;
+		if (run_transaction("claim pushes", claim_pushes_body, &claim))
+		{
+			want_pushes = (claim.claimed == claim.limit);
+			for (MMPushJob *job = claim.pushes, *next; job; job = next)
+			{
+				next = job->next;
+				job->next = NULL;
+				start_push(job);
+			}
+		}
+		else
+			want_pushes = false;
+	}
+}
+
+/* ---------------------------------------------------------------------
+ * Matching and expiry
+ * ---------------------------------------------------------------------
+ */
+typedef struct PassResult
+{
+	int			made;
+	int			scanned;
+} PassResult;
+
+static void
+match_body(void *arg)
+{
+	PassResult *res = (PassResult *) arg;
+
+	res->made = mm_match_pass(mm_batch_size, &res->scanned);
+}
+
+static void
+expire_body(void *arg)
+{
+	int		   *expired = (int *) arg;
+	bool		isnull;
+
+	if (SPI_execute("SELECT matchmaker.expire_pass()", false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "expire_pass failed");
+	*expired = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+										   SPI_tuptable->tupdesc, 1,
+										   &isnull));
+}
+
+static void
+run_matching(void)
+{
+	for (int i = 0; i < MAX_PASSES_PER_WAKE; i++)
+	{
+		PassResult	res = {0, 0};
+
+		if (!run_transaction("match intents", match_body, &res))
+		{
+			want_match = false;
+			return;
+		}
+		if (res.made > 0)
+			want_rooms = true;
+		/* a full batch means more may be waiting */
+		want_match = (res.scanned >= mm_batch_size);
+		if (!want_match)
+			return;
+	}
+}
+
+static void
+run_expiry(void)
+{
+	int			expired = 0;
+
+	if (run_transaction("expire intents", expire_body, &expired) && expired > 0)
+	{
+		want_pushes = true;
+		elog(DEBUG1, "matchmaker: %d intents expired", expired);
+	}
+}
+
+static void
+check_extension_body(void *arg)
+{
+	extension_ready = OidIsValid(get_extension_oid("matchmaker", true));
+}
+
+/* ---------------------------------------------------------------------
+ * LISTEN connection
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * Connect to our own server over its first Unix socket directory (or
+ * localhost if it has none) as the bootstrap superuser, the role that the
+ * server's OS user maps to under peer authentication.
+ */
+static void
+listener_connect(void)
+{
+	const char *keys[7];
+	const char *vals[7];
+	char		port[16];
+	char	   *host;
+	char	   *dirs;
+	char	   *comma;
+	TimestampTz now = GetCurrentTimestamp();
+	PGresult   *res;
+
+	if (listener != NULL || now < listener_retry_at)
+		return;
+	listener_retry_at = TimestampTzPlusMilliseconds(now, LISTEN_RETRY_MS);
+
+	dirs = pstrdup(GetConfigOption("unix_socket_directories", false, false));
+	comma = strchr(dirs, ',');
+	if (comma)
+		*comma = '\0';
+	host = dirs;
+	while (*host == ' ')
+		host++;
+	if (*host == '\0')
+		host = "localhost";
+	snprintf(port, sizeof(port), "%d", PostPortNumber);
+
+	keys[0] = "host";
+	vals[0] = host;
+	keys[1] = "port";
+	vals[1] = port;
+	keys[2] = "dbname";
+	vals[2] = served_database;
+	keys[3] = "user";
+	vals[3] = superuser_name;
+	keys[4] = "application_name";
+	vals[4] = "matchmaker listener";
+	keys[5] = "connect_timeout";
+	vals[5] = "5";
+	keys[6] = NULL;
+	vals[6] = NULL;
+
+	listener = PQconnectdbParams(keys, vals, 0);
+	if (PQstatus(listener) != CONNECTION_OK)
+	{
+		ereport(WARNING,
+				(errmsg("matchmaker worker could not connect to its own server to LISTEN: %s",
+						PQerrorMessage(listener)),
+				 errdetail("New intents are picked up by polling every %d ms until this works.",
+						   mm_poll_interval)));
+		PQfinish(listener);
+		listener = NULL;
+		return;
+	}
+
+	res = PQexec(listener, "LISTEN " LISTEN_CHANNEL);
+	if (PQresultStatus(res) != PGRES_COMMAND_OK)
+	{
+		ereport(WARNING,
+				(errmsg("matchmaker worker could not LISTEN: %s",
+						PQerrorMessage(listener))));
+		PQclear(res);
+		PQfinish(listener);
+		listener = NULL;
+		return;
+	}
+	PQclear(res);
+	PQsetnonblocking(listener, 1);
+	ereport(LOG,
+			(errmsg("matchmaker worker is listening on channel \"%s\"",
+					LISTEN_CHANNEL)));
+	/* anything that came before the LISTEN is found by scanning */
+	want_match = true;
+}
+
+/* Read what the listener received.  Returns true if woken. */
+static bool
+listener_drain(void)
+{
+	PGnotify   *n;
+	bool		woken = false;
+
+	if (!PQconsumeInput(listener))
+	{
+		ereport(WARNING,
+				(errmsg("matchmaker worker lost its LISTEN connection: %s",
+						PQerrorMessage(listener))));
+		PQfinish(listener);
+		listener = NULL;
+		return true;
+	}
+	while ((n = PQnotifies(listener)) != NULL)
+	{
+		woken = true;
+		PQfreemem(n);
+	}
+	return woken;
+}
+
+static void
+listener_close(int code, Datum arg)
+{
+	if (listener)
+		PQfinish(listener);
+	listener = NULL;
+}
+
+/* ---------------------------------------------------------------------
+ * Main loop
+ * ---------------------------------------------------------------------
+ */
+static void
+startup_body(void *arg)
+{
+	superuser_name = MemoryContextStrdup(TopMemoryContext,
+										 GetUserNameFromId(BOOTSTRAP_SUPERUSERID,
+														   false));
+	check_extension_body(NULL);
+}
+
+static void
+reload_settings(void)
+{
+	ConfigReloadPending = false;
+	ProcessConfigFile(PGC_SIGHUP);
+
+	if (strcmp(mm_database, served_database) != 0)
+	{
+		ereport(LOG,
+				(errmsg("matchmaker worker restarting to serve database \"%s\"",
+						mm_database)));
+		proc_exit(1);
+	}
+	if (served_room_provider != mm_room_provider ||
+		strcmp(served_room_url, mm_room_url) != 0)
+	{
+		/* the old provider forgets its sessions; queued jobs retry */
+		const MMRoomProvider *old = served_room_provider == MM_ROOM_HTTP ?
+			&mm_room_http : &mm_room_janus;
+
+		if (old->reset)
+			old->reset();
+		served_room_provider = mm_room_provider;
+		pfree(served_room_url);
+		served_room_url = MemoryContextStrdup(TopMemoryContext, mm_room_url);
+	}
+}
+
+/*
+ * Milliseconds the loop may sleep: until the poll timer, libcurl's timer,
+ * or not at all when a pass left work behind.
+ */
+static long
+sleep_ms(TimestampTz next_poll)
+{
+	long		ms;
+	long		curl_ms = mm_http_timeout_ms();
+	TimestampTz now = GetCurrentTimestamp();
+	bool		slots_free = jobs_inflight < mm_max_inflight;
+
+	if (rooms_done || pushes_done ||
+		(extension_ready &&
+		 (want_match || (slots_free && (want_rooms || want_pushes)))))
+		return 0;
+	ms = (now >= next_poll) ? 0 : (long) ((next_poll - now + 999) / 1000);
+	if (curl_ms >= 0 && curl_ms < ms)
+		ms = curl_ms;
+	return ms;
+}
+
+void
+matchmaker_worker_main(Datum main_arg)
+{
+	TimestampTz next_poll = 0;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	BackgroundWorkerInitializeConnection(mm_database, NULL, 0);
+
+	served_database = MemoryContextStrdup(TopMemoryContext, mm_database);
+	served_room_url = MemoryContextStrdup(TopMemoryContext, mm_room_url);
+	served_room_provider = mm_room_provider;
+	mm_job_context = AllocSetContextCreate(TopMemoryContext,
+										   "matchmaker jobs",
+										   ALLOCSET_DEFAULT_SIZES);
+	loop_context = AllocSetContextCreate(TopMemoryContext,
+										 "matchmaker loop",
+										 ALLOCSET_DEFAULT_SIZES);
+	mm_http_init();
+	on_proc_exit(listener_close, (Datum) 0);
+
+	if (!run_transaction("start up", startup_body, NULL))
+		proc_exit(1);
+
+	ereport(LOG,
+			(errmsg("matchmaker worker started for database \"%s\"",
+					served_database),
+			 extension_ready ? 0 :
+			 errhint("Run CREATE EXTENSION matchmaker in that database.")));
+
+	for (;;)
+	{
+		WaitEventSet *set;
+		WaitEvent	events[64];
+		int			nfired;
+		bool		poll_due;
+		TimestampTz now;
+
+		MemoryContextSwitchTo(loop_context);
+		MemoryContextReset(loop_context);
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+			reload_settings();
+
+		listener_connect();
+
+		set = CreateWaitEventSet(loop_context, 3 + mm_http_socket_count());
+		AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+		AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+		if (listener)
+			AddWaitEventToSet(set, WL_SOCKET_READABLE, PQsocket(listener),
+							  NULL, &listener_marker);
+		mm_http_wait_setup(set);
+
+		nfired = WaitEventSetWait(set, sleep_ms(next_poll), events,
+								  lengthof(events), PG_WAIT_EXTENSION);
+		for (int i = 0; i < nfired; i++)
+		{
+			if (events[i].events & WL_LATCH_SET)
+				ResetLatch(MyLatch);
+			else if (events[i].user_data == &listener_marker)
+			{
+				if (listener_drain())
+					want_match = true;
+			}
+			else if (events[i].user_data != NULL)
+				mm_http_socket_ready(events[i].fd, events[i].events);
+		}
+		FreeWaitEventSet(set);
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+			reload_settings();
+
+		now = GetCurrentTimestamp();
+		poll_due = (now >= next_poll);
+		if (poll_due)
+			next_poll = TimestampTzPlusMilliseconds(now, mm_poll_interval);
+
+		mm_http_perform();
+		record_outcomes();
+
+		if (!extension_ready)
+		{
+			if (poll_due)
+				run_transaction("look for the extension",
+								check_extension_body, NULL);
+			if (!extension_ready)
+			{
+				/* nothing must be in flight without the tables */
+				continue;
+			}
+			ereport(LOG,
+					(errmsg("matchmaker extension found in database \"%s\"",
+							served_database)));
+		}
+
+		if (poll_due)
+		{
+			want_match = want_rooms = want_pushes = true;
+			run_expiry();
+			if (room_provider()->tick)
+				room_provider()->tick();
+		}
+		if (want_match)
+			run_matching();
+		claim_and_start();
+
+		/* a failed transaction may mean the extension went away */
+		if (last_txn_error && poll_due)
+		{
+			run_transaction("look for the extension",
+							check_extension_body, NULL);
+			pfree(last_txn_error);
+			last_txn_error = NULL;
+		}
+
+		/* start what was just added without waiting for a socket */
+		mm_http_perform();
+	}
+}
