@@ -126,7 +126,7 @@ cluster_stop() {
 	[ -n "$MM_PGDATA" ] || return 0
 	if [ -f "$MM_PGDATA/postmaster.pid" ]; then
 		as_pg_user "$MM_PG_BIN/pg_ctl" -D "$MM_PGDATA" -m "$mode" -w stop \
-			>/dev/null 2>&1
+			>/dev/null 2>&1 || return 1
 	fi
 }
 
@@ -214,18 +214,30 @@ room_service_start() {
 	export MM_ROOMS_BASE MM_ROOMS_URL
 }
 
+# mm_stop_process PID sends SIGTERM, waits up to 10 s for the process to
+# exit, then sends SIGKILL.
+mm_stop_process() {
+	local pid=$1 tries=0
+	kill "$pid" 2>/dev/null || return 0
+	while kill -0 "$pid" 2>/dev/null && [ "$tries" -lt 100 ]; do
+		sleep 0.1
+		tries=$((tries + 1))
+	done
+	kill -9 "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+}
+
 # mm_cleanup stops everything the helpers started. The cluster is stopped
-# in immediate mode because its contents are thrown away.
+# in immediate mode because its contents are thrown away. Every step
+# ignores errors, so that a failed step under "set -e" cannot stop the rest.
 mm_cleanup() {
 	local pid
-	cluster_stop immediate
+	cluster_stop immediate || true
 	if [ -n "$MM_JANUS_PID" ]; then
-		kill "$MM_JANUS_PID" 2>/dev/null
-		wait "$MM_JANUS_PID" 2>/dev/null
+		mm_stop_process "$MM_JANUS_PID"
 	fi
 	for pid in $MM_FAKE_PIDS; do
-		kill "$pid" 2>/dev/null
-		wait "$pid" 2>/dev/null
+		mm_stop_process "$pid"
 	done
 	MM_PGDATA=""
 	MM_JANUS_PID=""
