@@ -134,8 +134,6 @@ RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-	ttl integer;
 BEGIN
 	IF NEW.user_id IS NULL OR NEW.user_id = '' THEN
 		RAISE EXCEPTION 'user_id must not be empty'
@@ -177,9 +175,10 @@ BEGIN
 	NEW.match_id := NULL;
 	NEW.matched_at := NULL;
 	IF NEW.expires_at IS NULL THEN
-		ttl := coalesce(nullif(current_setting('matchmaker.intent_ttl', true),
-							   '')::integer, 60);
-		NEW.expires_at := NEW.created_at + make_interval(secs => ttl);
+		-- the setting reads back with its unit, such as '1min'
+		NEW.expires_at := NEW.created_at +
+			coalesce(nullif(current_setting('matchmaker.intent_ttl', true),
+							'')::interval, interval '60 seconds');
 	END IF;
 	RETURN NEW;
 END
@@ -222,6 +221,32 @@ $$;
 CREATE TRIGGER intents_before_update
 	BEFORE UPDATE ON matchmaker.intents
 	FOR EACH ROW EXECUTE FUNCTION matchmaker.intents_before_update();
+
+/*
+ * DELETE cancels a waiting intent.  Once matched, the row belongs to its
+ * match until the room is made or has failed: deleting it earlier would
+ * leave the other user in a room with nobody told to come.
+ */
+CREATE FUNCTION matchmaker.intents_before_delete()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF OLD.status = 'matched' AND EXISTS
+		(SELECT 1 FROM matchmaker.matches m
+		 WHERE m.id = OLD.match_id AND m.status = 'pending') THEN
+		RAISE EXCEPTION 'intent % is matched and its room is being made', OLD.id
+			USING ERRCODE = 'object_in_use',
+				  HINT = 'Only a waiting intent can be cancelled.';
+	END IF;
+	RETURN OLD;
+END
+$$;
+
+CREATE TRIGGER intents_before_delete
+	BEFORE DELETE ON matchmaker.intents
+	FOR EACH ROW EXECUTE FUNCTION matchmaker.intents_before_delete();
 
 /*
  * Wake the worker.  The payload is empty: the notification only says
