@@ -383,7 +383,11 @@ record_room(MMRoomJob *job)
 	args[0] = Int64GetDatum(job->match_id);
 	if (job->outcome.result == MM_OK)
 	{
-		json_t	   *tokens = json_object();
+		/*
+		 * Not json_object(): the server exports a function of that name,
+		 * and the dynamic linker would bind the call to it.
+		 */
+		json_t	   *tokens = json_pack("{}");
 
 		json_object_set_new(tokens, job->users[0], json_string(job->tokens[0]));
 		json_object_set_new(tokens, job->users[1], json_string(job->tokens[1]));
