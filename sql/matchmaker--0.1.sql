@@ -49,6 +49,8 @@ CREATE TABLE matchmaker.matches (
 	plan		jsonb,
 	attempts	integer NOT NULL DEFAULT 0,
 	next_attempt_at timestamptz NOT NULL DEFAULT now(),
+	-- pid of the worker whose request is in flight; see outbox.claimed_by
+	claimed_by	integer,
 	last_error	text,
 	created_at	timestamptz NOT NULL DEFAULT now(),
 	ready_at	timestamptz,
@@ -115,6 +117,13 @@ CREATE TABLE matchmaker.outbox (
 				CHECK (status IN ('pending', 'sent', 'failed')),
 	attempts	integer NOT NULL DEFAULT 0,
 	next_attempt_at timestamptz NOT NULL DEFAULT now(),
+	/*
+	 * While a request is in flight the row is leased: next_attempt_at lies
+	 * past the longest the request can take, and claimed_by holds the
+	 * worker's pid.  A worker that starts up takes back the leases of
+	 * workers that are gone instead of waiting them out.
+	 */
+	claimed_by	integer,
 	last_error	text,
 	created_at	timestamptz NOT NULL DEFAULT now(),
 	sent_at		timestamptz,

@@ -193,7 +193,7 @@ typedef struct Statement
 
 static Statement claim_rooms_stmt = {
 	"UPDATE matchmaker.matches m "
-	"SET attempts = m.attempts + 1, "
+	"SET attempts = m.attempts + 1, claimed_by = pg_backend_pid(), "
 	"    next_attempt_at = now() + $2 * interval '1 millisecond' "
 	"FROM (SELECT id FROM matchmaker.matches "
 	"      WHERE status = 'pending' AND next_attempt_at <= now() "
@@ -213,7 +213,8 @@ static Statement save_plan_stmt = {
 static Statement room_ready_stmt = {
 	"WITH m AS ("
 	"  UPDATE matchmaker.matches "
-	"  SET status = 'ready', room = $2, ready_at = now(), last_error = NULL "
+	"  SET status = 'ready', room = $2, ready_at = now(), last_error = NULL, "
+	"      claimed_by = NULL "
 	"  WHERE id = $1 AND status = 'pending' "
 	"  RETURNING id, mood"
 	") "
@@ -230,14 +231,15 @@ static Statement room_ready_stmt = {
 static Statement room_retry_stmt = {
 	"UPDATE matchmaker.matches "
 	"SET next_attempt_at = now() + $2 * interval '1 millisecond', "
-	"    last_error = $3 "
+	"    last_error = $3, claimed_by = NULL "
 	"WHERE id = $1 AND status = 'pending'",
 	3, {INT8OID, INT4OID, TEXTOID}
 };
 
 static Statement room_fail_stmt = {
 	"WITH m AS ("
-	"  UPDATE matchmaker.matches SET status = 'failed', last_error = $2 "
+	"  UPDATE matchmaker.matches "
+	"  SET status = 'failed', last_error = $2, claimed_by = NULL "
 	"  WHERE id = $1 AND status = 'pending' "
 	"  RETURNING id"
 	"), i AS ("
@@ -255,7 +257,7 @@ static Statement room_fail_stmt = {
 
 static Statement claim_pushes_stmt = {
 	"UPDATE matchmaker.outbox o "
-	"SET attempts = o.attempts + 1, "
+	"SET attempts = o.attempts + 1, claimed_by = pg_backend_pid(), "
 	"    next_attempt_at = now() + $2 * interval '1 millisecond' "
 	"FROM (SELECT id FROM matchmaker.outbox "
 	"      WHERE status = 'pending' AND next_attempt_at <= now() "
@@ -267,7 +269,7 @@ static Statement claim_pushes_stmt = {
 
 static Statement push_sent_stmt = {
 	"UPDATE matchmaker.outbox "
-	"SET status = 'sent', sent_at = now(), last_error = NULL "
+	"SET status = 'sent', sent_at = now(), last_error = NULL, claimed_by = NULL "
 	"WHERE id = ANY ($1) AND status = 'pending'",
 	1, {INT8ARRAYOID}
 };
@@ -275,13 +277,14 @@ static Statement push_sent_stmt = {
 static Statement push_retry_stmt = {
 	"UPDATE matchmaker.outbox "
 	"SET next_attempt_at = now() + $2 * interval '1 millisecond', "
-	"    last_error = $3 "
+	"    last_error = $3, claimed_by = NULL "
 	"WHERE id = $1 AND status = 'pending'",
 	3, {INT8OID, INT4OID, TEXTOID}
 };
 
 static Statement push_fail_stmt = {
-	"UPDATE matchmaker.outbox SET status = 'failed', last_error = $2 "
+	"UPDATE matchmaker.outbox "
+	"SET status = 'failed', last_error = $2, claimed_by = NULL "
 	"WHERE id = $1 AND status = 'pending'",
 	2, {INT8OID, TEXTOID}
 };
@@ -862,10 +865,47 @@ run_expiry(void)
 	}
 }
 
+/*
+ * Take back the leases of workers that are gone (killed, crashed, or
+ * restarted for new settings), so that their rows are retried now rather
+ * than when the lease runs out.  A lease held by a live process stays.
+ */
+static void
+release_leases_body(void *arg)
+{
+	static const char *const tables[] = {"matches", "outbox"};
+
+	for (int i = 0; i < lengthof(tables); i++)
+	{
+		char	   *sql;
+		int			ret;
+
+		sql = psprintf("UPDATE matchmaker.%s SET next_attempt_at = now(), "
+					   "claimed_by = NULL "
+					   "WHERE status = 'pending' AND claimed_by IS NOT NULL "
+					   "AND claimed_by NOT IN "
+					   "(SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL)",
+					   tables[i]);
+		ret = SPI_execute(sql, false, 0);
+		if (ret != SPI_OK_UPDATE)
+			elog(ERROR, "releasing leases failed: %s",
+				 SPI_result_code_string(ret));
+		if (SPI_processed > 0)
+			ereport(LOG,
+					(errmsg("matchmaker worker took back " UINT64_FORMAT
+							" rows of matchmaker.%s from a worker that is gone",
+							SPI_processed, tables[i])));
+	}
+}
+
 static void
 check_extension_body(void *arg)
 {
+	bool		was_ready = extension_ready;
+
 	extension_ready = OidIsValid(get_extension_oid("matchmaker", true));
+	if (extension_ready && !was_ready)
+		release_leases_body(NULL);
 }
 
 /* ---------------------------------------------------------------------
