@@ -29,7 +29,7 @@ char	   *mm_room_url = NULL;
 int			mm_push_provider = MM_PUSH_WEBHOOK;
 char	   *mm_push_url = NULL;
 int			mm_intent_ttl = 60;
-int			mm_max_attempts = 5;
+int			mm_max_attempts = 8;
 int			mm_retry_base = 500;
 int			mm_retry_max = 60000;
 int			mm_connect_timeout = 2000;
@@ -106,7 +106,7 @@ define_settings(void)
 							"Attempts at a room or a push before it fails.",
 							NULL,
 							&mm_max_attempts,
-							5, 1, 100,
+							8, 1, 100,
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 
