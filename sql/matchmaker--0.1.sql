@@ -141,6 +141,8 @@ CREATE INDEX outbox_due ON matchmaker.outbox (next_attempt_at)
 CREATE FUNCTION matchmaker.intents_before_insert()
 RETURNS trigger
 LANGUAGE plpgsql
+-- reads tables the inserting role need not see
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -239,6 +241,8 @@ CREATE TRIGGER intents_before_update
 CREATE FUNCTION matchmaker.intents_before_delete()
 RETURNS trigger
 LANGUAGE plpgsql
+-- reads tables the inserting role need not see
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
