@@ -119,7 +119,7 @@ CREATE TABLE matchmaker.outbox (
 	next_attempt_at timestamptz NOT NULL DEFAULT now(),
 	/*
 	 * While a request is in flight the row is leased: next_attempt_at lies
-	 * past the longest the request can take, and claimed_by holds the
+	 * past the longest the request can take, and claimed_by is the
 	 * worker's pid.  A worker that starts up takes back the leases of
 	 * workers that are gone instead of waiting them out.
 	 */
@@ -236,7 +236,7 @@ CREATE TRIGGER intents_before_update
 /*
  * DELETE cancels a waiting intent.  Once matched, the row belongs to its
  * match until the room is made or has failed: deleting it earlier would
- * leave the other user in a room with nobody told to come.
+ * leave the other user in a room that nobody else is told to join.
  */
 CREATE FUNCTION matchmaker.intents_before_delete()
 RETURNS trigger
@@ -341,7 +341,7 @@ CREATE VIEW matchmaker.stats AS
 COMMENT ON VIEW matchmaker.stats IS
 	'counts of intents by mood and status, matches and pushes by status';
 
-/* One waiting intent per mood at most would mean nothing waits long. */
+/* Waiting intents and the longest wait, per mood. */
 CREATE VIEW matchmaker.waiting AS
 	SELECT m.mood,
 		   count(i.id) AS waiting,

@@ -4,7 +4,7 @@
  *	  The worker's HTTP engine: one libcurl multi handle, many requests.
  *
  * Requests are started with mm_http_post() and finish through a callback,
- * so a slow provider holds a slot, not the worker.  The multi handle keeps
+ * so a slow provider occupies a slot, not the worker.  The multi handle keeps
  * connections open between requests to the same host.
  *
  * libcurl tells us which sockets it wants watched (socket callback) and
@@ -48,9 +48,9 @@ typedef struct MMSocket
 
 static CURLM *multi = NULL;
 static int	inflight = 0;
-static TimestampTz timer_deadline = 0;	/* 0: curl wants no timer */
+static TimestampTz timer_deadline = 0;	/* 0: no timer requested */
 
-/* sockets libcurl asked us to watch; a few hundred at most */
+/* sockets libcurl requested to watch; about two per request slot */
 static MMSocket *sockets = NULL;
 static int	nsockets = 0;
 static int	maxsockets = 0;
@@ -102,7 +102,7 @@ timer_cb(CURLM *m, long timeout_ms, void *userp)
 }
 
 /*
- * Collect the body, refusing to grow past MM_MAX_RESPONSE.  This runs
+ * Collect the body, stopping the transfer past MM_MAX_RESPONSE.  This runs
  * inside libcurl, so it must not palloc or ereport.
  */
 static size_t
@@ -172,7 +172,7 @@ parse_retry_after(const char *value, size_t len)
 		if (secs < 0)
 			secs = 0;
 	}
-	/* a day is as long as anyone may reasonably ask us to wait */
+	/* cap the requested delay at one day */
 	secs = Min(secs, 86400L);
 	return (int) (secs * 1000);
 }

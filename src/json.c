@@ -3,7 +3,7 @@
  * json.c
  *	  Small helpers around jansson and random identifiers.
  *
- * Providers build request bodies with jansson and read answers with it.
+ * Providers build request bodies with jansson and parse responses with it.
  * Everything a provider hands back is untrusted: strings are checked for
  * type and length before they reach a table.
  *

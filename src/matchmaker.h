@@ -62,7 +62,7 @@ typedef struct MMOutcome
 {
 	MMResult	result;
 	char	   *error;			/* palloc'd, NULL on success */
-	int			retry_after_ms; /* lower bound asked by the peer, or -1 */
+	int			retry_after_ms; /* lower bound requested by the peer, or -1 */
 } MMOutcome;
 
 /* http.c: one libcurl multi handle serving every request */
@@ -106,7 +106,7 @@ typedef struct MMRoomJob
 	json_t	   *plan;			/* provider state persisted in matches.plan */
 	bool		plan_is_new;	/* plan must be saved before the request */
 	int			attempts;
-	MemoryContext cxt;			/* holds the job; deleted when recorded */
+	MemoryContext cxt;			/* contains the job; deleted when recorded */
 
 	/* filled in by the provider */
 	MMOutcome	outcome;
@@ -140,7 +140,7 @@ typedef struct MMPushJob
 	char	   *push_token;
 	char	   *payload;		/* the data object, as JSON text */
 	int			attempts;
-	MemoryContext cxt;			/* holds the job; deleted when recorded */
+	MemoryContext cxt;			/* contains the job; deleted when recorded */
 	MMOutcome	outcome;
 	struct MMPushJob *next;
 } MMPushJob;

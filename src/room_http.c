@@ -4,9 +4,9 @@
  *	  Room provider "http": any service that makes a room on request.
  *
  * POST room_url with {"match_id": N, "mood": "...", "users": [a, b]};
- * a 2xx answer must be {"room": "...", "tokens": {"a": "...", "b": "..."}}.
- * Anything else in a 2xx answer is the service misbehaving: the attempt
- * is retried like a 5xx, and the match fails once attempts run out.
+ * a 2xx response must be {"room": "...", "tokens": {"a": "...", "b": "..."}}.
+ * Any other 2xx body is a service fault, so the attempt is retried like a
+ * 5xx and the match fails once attempts run out.
  *
  *-------------------------------------------------------------------------
  */
@@ -34,7 +34,7 @@ http_room_answer(const MMHttpResponse *resp, void *arg)
 	if (root == NULL)
 	{
 		job->outcome.result = MM_RETRY;
-		job->outcome.error = psprintf("room service answered invalid JSON: %s",
+		job->outcome.error = psprintf("invalid JSON in room service response: %s",
 									  jerr.text);
 		mm_room_done(job);
 		return;
@@ -44,12 +44,12 @@ http_room_answer(const MMHttpResponse *resp, void *arg)
 	if (!mm_json_get_string(root, "room", &room, MM_MAX_ROOM_LEN))
 	{
 		job->outcome.result = MM_RETRY;
-		job->outcome.error = pstrdup("room service answer has no valid \"room\"");
+		job->outcome.error = pstrdup("room service response is missing a valid \"room\"");
 	}
 	else if (!json_is_object(tokens))
 	{
 		job->outcome.result = MM_RETRY;
-		job->outcome.error = pstrdup("room service answer has no \"tokens\" object");
+		job->outcome.error = pstrdup("room service response is missing the \"tokens\" object");
 	}
 	else
 	{
@@ -63,7 +63,7 @@ http_room_answer(const MMHttpResponse *resp, void *arg)
 			{
 				job->outcome.result = MM_RETRY;
 				job->outcome.error =
-					psprintf("room service answer has no valid token for user \"%s\"",
+					psprintf("room service response is missing a valid token for user \"%s\"",
 							 job->users[i]);
 				break;
 			}

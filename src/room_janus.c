@@ -8,17 +8,17 @@
  * the requests.  Jobs that arrive while the session is being set up wait
  * in a queue.  Janus drops a session after 60 s without requests, so an
  * idle session gets a keepalive every 25 s; if Janus forgot the session
- * anyway (restart, timeout), the answer says so and the next job builds a
+ * anyway (restart, timeout), the error response shows it and the next job builds a
  * new one.
  *
- * Each room is private and checks tokens: its "allowed" list holds one
+ * Each room is private and checks tokens: its "allowed" list contains one
  * random token per user, and those tokens are what the users get pushed.
  * The room id, secret and tokens are chosen before the first attempt and
- * kept in matches.plan, so a retry after a lost answer asks for the very
- * same room; Janus then answers 486 "room exists", which for an id this
+ * kept in matches.plan, so a retry after a lost response requests the very
+ * same room; Janus then returns 486 "room exists", which for an id this
  * worker picked at random means the earlier attempt went through.
  *
- * Janus answers HTTP 200 even when it refuses: the verdict is the
+ * Janus returns HTTP 200 even for errors: the result is the
  * "janus" field and, for plugin requests, plugindata.data.error_code.
  *
  * NOTE: rooms are created with permanent=false and never destroyed by
@@ -53,7 +53,7 @@ typedef enum JanusState
 static JanusState state = JANUS_NONE;
 static json_int_t session_id;
 static json_int_t handle_id;
-static int	generation = 0;		/* bumped on reset; stale answers ignored */
+static int	generation = 0;		/* bumped on reset; stale responses ignored */
 static TimestampTz last_request = 0;
 static uint64 transaction_counter = 0;
 static MMRoomJob *queue_head = NULL;
@@ -95,7 +95,7 @@ janus_post(const char *url, json_t *body, MMHttpDone done, void *arg)
 }
 
 /*
- * Read a Janus answer.  Returns the parsed root on janus == "success" or
+ * Parse a Janus response.  Returns the parsed root on janus == "success" or
  * "ack"; otherwise fills *out with the verdict and returns NULL.  *code
  * gets the Janus error code when there is one.
  */
@@ -115,7 +115,7 @@ janus_parse(const MMHttpResponse *resp, MMOutcome *out, int *code)
 	if (root == NULL || !json_is_object(root))
 	{
 		out->result = MM_RETRY;
-		out->error = psprintf("Janus answered invalid JSON: %s",
+		out->error = psprintf("invalid JSON in Janus response: %s",
 							  root ? "not an object" : jerr.text);
 		json_decref(root);
 		return NULL;
@@ -142,7 +142,7 @@ janus_parse(const MMHttpResponse *resp, MMOutcome *out, int *code)
 	else
 	{
 		out->result = MM_RETRY;
-		out->error = psprintf("Janus answered an unexpected \"janus\": %s",
+		out->error = psprintf("unexpected \"janus\" value in Janus response: %s",
 							  kind ? kind : "(missing)");
 	}
 	json_decref(root);
@@ -221,7 +221,7 @@ room_answer(const MMHttpResponse *resp, void *arg)
 	else
 	{
 		job->outcome.result = MM_RETRY;
-		job->outcome.error = pstrdup("Janus answered create with neither a room nor an error");
+		job->outcome.error = pstrdup("Janus response to create contains neither a room nor an error");
 	}
 	json_decref(root);
 	mm_room_done(job);
@@ -284,7 +284,7 @@ attach_answer(const MMHttpResponse *resp, void *arg)
 	if (handle_id <= 0)
 	{
 		out.result = MM_RETRY;
-		out.error = pstrdup("Janus attach answer has no handle id");
+		out.error = pstrdup("Janus attach response is missing the handle id");
 		forget_session();
 		fail_queue(&out);
 		return;
@@ -317,7 +317,7 @@ session_answer(const MMHttpResponse *resp, void *arg)
 	if (session_id <= 0)
 	{
 		out.result = MM_RETRY;
-		out.error = pstrdup("Janus create answer has no session id");
+		out.error = pstrdup("Janus create response is missing the session id");
 		forget_session();
 		fail_queue(&out);
 		return;

@@ -4,7 +4,7 @@
  *	  The matchmaker background worker: its loop and its transactions.
  *
  * One loop serves everything.  It sleeps on a single wait event set that
- * holds the process latch, a libpq connection LISTENing for new intents,
+ * contains the process latch, a libpq connection LISTENing for new intents,
  * and the sockets of the HTTP requests in flight.  Each time it wakes it
  *
  *	 1. records the outcome of finished requests (one transaction),
@@ -320,7 +320,7 @@ execute(Statement *st, Datum *args, int expect)
  * Delay before attempt number attempts + 1: exponential from retry_base,
  * capped at retry_max, with "equal jitter" (half fixed, half random) so
  * that a burst of failures does not come back as a burst.  Never shorter
- * than what Retry-After asked for.
+ * than the delay Retry-After requested.
  */
 static int
 retry_delay_ms(int attempts, int retry_after_ms)
@@ -339,7 +339,7 @@ retry_delay_ms(int attempts, int retry_after_ms)
 	return (int) delay;
 }
 
-/* How long a claim holds a row: longer than any request can take. */
+/* Lease length of a claim: longer than any request can take. */
 static int
 lease_ms(void)
 {
@@ -366,15 +366,15 @@ mm_push_done(MMPushJob *job)
 }
 
 /*
- * The error text a failed row keeps: after the last attempt it says how
- * many there were.
+ * Return the error text a failed row keeps.  After the last attempt it
+ * includes the number of attempts.
  */
 static const char *
 final_error(const MMOutcome *out, int attempts)
 {
 	if (out->result == MM_RETRY)
 		return psprintf("gave up after %d attempts: %s", attempts,
-						out->error ? out->error : "no answer");
+						out->error ? out->error : "no response");
 	return out->error ? out->error : "failed";
 }
 
@@ -689,9 +689,9 @@ start_room(MMRoomJob *job)
 	jobs_inflight++;
 	if (job->attempts > mm_max_attempts)
 	{
-		/* earlier attempts ran out their leases without an answer */
+		/* earlier attempts ran out their leases without a response */
 		job->outcome.result = MM_RETRY;
-		job->outcome.error = pstrdup("no answer within the lease");
+		job->outcome.error = pstrdup("no response within the lease");
 		job->attempts--;
 		mm_room_done(job);
 	}
@@ -726,7 +726,7 @@ start_push(MMPushJob *job)
 	if (job->attempts > mm_max_attempts)
 	{
 		job->outcome.result = MM_RETRY;
-		job->outcome.error = pstrdup("no answer within the lease");
+		job->outcome.error = pstrdup("no response within the lease");
 		job->attempts--;
 		mm_push_done(job);
 	}
