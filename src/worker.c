@@ -676,80 +676,77 @@ claim_pushes_body(void *arg)
 	}
 }
 
-/*
- * Start a claimed job's requests.  A job that cannot even start (a
- * damaged plan, a value the provider cannot encode) is finished as failed
- * on the spot instead of taking the worker down.
- */
 static void
-start_room(MMRoomJob *job)
+call_room_start(void *job)
 {
-	MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
+	room_provider()->start((MMRoomJob *) job);
+}
+
+static void
+call_push_start(void *job)
+{
+	push_provider()->start((MMPushJob *) job);
+}
+
+/*
+ * Start a claimed job's requests, in the job's memory context.  Returns
+ * false, with *out filled in, when the job must end at once instead: its
+ * earlier attempts all ran out their leases, or starting raised an error
+ * (a damaged plan, a value the provider cannot encode).  Such a job is
+ * recorded like any other outcome rather than taking the worker down.
+ */
+static bool
+start_job(void (*start) (void *), void *job, MemoryContext cxt,
+		  int *attempts, MMOutcome *out)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+	volatile bool started = true;
 
 	jobs_inflight++;
-	if (job->attempts > mm_max_attempts)
+	if (*attempts > mm_max_attempts)
 	{
-		/* earlier attempts ran out their leases without a response */
-		job->outcome.result = MM_RETRY;
-		job->outcome.error = pstrdup("no response within the lease");
-		job->attempts--;
-		mm_room_done(job);
+		out->result = MM_RETRY;
+		out->error = pstrdup("no response within the lease");
+		(*attempts)--;
+		started = false;
 	}
 	else
 	{
 		PG_TRY();
 		{
-			room_provider()->start(job);
+			start(job);
 		}
 		PG_CATCH();
 		{
 			ErrorData  *edata;
 
-			MemoryContextSwitchTo(job->cxt);
+			MemoryContextSwitchTo(cxt);
 			edata = CopyErrorData();
 			FlushErrorState();
-			job->outcome.result = MM_FAIL;
-			job->outcome.error = edata->message;
-			mm_room_done(job);
+			out->result = MM_FAIL;
+			out->error = edata->message;
+			started = false;
 		}
 		PG_END_TRY();
 	}
 	MemoryContextSwitchTo(oldcxt);
+	return started;
+}
+
+static void
+start_room(MMRoomJob *job)
+{
+	if (!start_job(call_room_start, job, job->cxt, &job->attempts,
+				   &job->outcome))
+		mm_room_done(job);
 }
 
 static void
 start_push(MMPushJob *job)
 {
-	MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
-
-	jobs_inflight++;
-	if (job->attempts > mm_max_attempts)
-	{
-		job->outcome.result = MM_RETRY;
-		job->outcome.error = pstrdup("no response within the lease");
-		job->attempts--;
+	if (!start_job(call_push_start, job, job->cxt, &job->attempts,
+				   &job->outcome))
 		mm_push_done(job);
-	}
-	else
-	{
-		PG_TRY();
-		{
-			push_provider()->start(job);
-		}
-		PG_CATCH();
-		{
-			ErrorData  *edata;
-
-			MemoryContextSwitchTo(job->cxt);
-			edata = CopyErrorData();
-			FlushErrorState();
-			job->outcome.result = MM_FAIL;
-			job->outcome.error = edata->message;
-			mm_push_done(job);
-		}
-		PG_END_TRY();
-	}
-	MemoryContextSwitchTo(oldcxt);
 }
 
 /*
