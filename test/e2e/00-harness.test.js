@@ -9,13 +9,13 @@ const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const lib = require('./lib.js');
 
-test('cluster runs SQL', async () => {
+test('cluster runs SQL', { timeout: lib.TEST_TIMEOUT_MS }, async () => {
   assert.equal(await lib.sql('SELECT 1 + 1'), '2');
   const result = await lib.row("SELECT current_setting('listen_addresses') AS listen");
   assert.equal(result.listen, '', 'the cluster must not listen on TCP');
 });
 
-test('janus serves info on loopback', async () => {
+test('janus serves info on loopback', { timeout: lib.TEST_TIMEOUT_MS }, async () => {
   const url = new URL(lib.env.janusUrl);
   assert.equal(url.hostname, '127.0.0.1');
   const response = await fetch(`${lib.env.janusUrl}/info`);
@@ -25,7 +25,7 @@ test('janus serves info on loopback', async () => {
   assert.deepEqual(Object.keys(info.transports), ['janus.transport.http']);
 });
 
-test('janus room accepts only allowed tokens', async (t) => {
+test('janus room accepts only allowed tokens', { timeout: lib.TEST_TIMEOUT_MS }, async (t) => {
   const client = await lib.JanusClient.connect();
   t.after(() => client.close());
   const room = crypto.randomInt(1, 2 ** 47);
@@ -54,7 +54,7 @@ test('janus room accepts only allowed tokens', async (t) => {
   assert.equal(destroyed.audiobridge, 'destroyed', JSON.stringify(destroyed));
 });
 
-test('push receiver records and fails on request', async () => {
+test('push receiver records and fails on request', { timeout: lib.TEST_TIMEOUT_MS }, async () => {
   const to = `harness-${lib.runTag}-${crypto.randomBytes(3).toString('hex')}`;
   await lib.pushControl({ fail: 1, status: 429, retryAfter: '2', to });
 
@@ -77,7 +77,7 @@ test('push receiver records and fails on request', async () => {
   assert.ok(recorded[1].at >= recorded[0].at);
 });
 
-test('room service returns rooms and garbage', async () => {
+test('room service returns rooms and garbage', { timeout: lib.TEST_TIMEOUT_MS }, async () => {
   const user = `harness-${lib.runTag}-${crypto.randomBytes(3).toString('hex')}`;
   const post = () => fetch(lib.env.roomsUrl, {
     method: 'POST',

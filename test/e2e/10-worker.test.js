@@ -6,7 +6,7 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const lib = require('./lib.js');
 
-test('worker listed in pg_stat_activity', async () => {
+test('worker listed in pg_stat_activity', { timeout: lib.TEST_TIMEOUT_MS }, async () => {
   const list = await lib.waitFor(async () => {
     const found = await lib.workers();
     return found.length > 0 && found;
@@ -16,7 +16,7 @@ test('worker listed in pg_stat_activity', async () => {
   assert.match(list[0].backend_type, /matchmaker/);
 });
 
-test('extension objects present', async () => {
+test('extension objects present', { timeout: lib.TEST_TIMEOUT_MS }, async () => {
   const moods = await lib.rows('SELECT mood FROM matchmaker.moods');
   const names = moods.map((m) => m.mood);
   for (const mood of ['happy', 'sad', 'chill', 'bored', 'excited', 'lonely', 'curious', 'stressed']) {

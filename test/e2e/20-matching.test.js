@@ -7,7 +7,9 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const lib = require('./lib.js');
 
-test('same mood pairs into one match', async (t) => {
+test.before(lib.resetAllSettings);
+
+test('same mood pairs into one match', { timeout: lib.TEST_TIMEOUT_MS }, async (t) => {
   // A seeded mood, so no intent of an earlier test may still wait in it.
   await lib.cancelWaiting();
   const mood = 'happy';
@@ -69,7 +71,7 @@ test('same mood pairs into one match', async (t) => {
   assert.equal(tokens.size, 2, 'each user must get a distinct room token');
 });
 
-test('different moods do not pair', async () => {
+test('different moods do not pair', { timeout: lib.TEST_TIMEOUT_MS }, async () => {
   const moodA = await lib.newMood('apart-a');
   const moodB = await lib.newMood('apart-b');
   const moodControl = await lib.newMood('apart-c');
@@ -94,7 +96,7 @@ test('different moods do not pair', async () => {
   await lib.cancelWaiting();
 });
 
-test('oldest intents pair first', async () => {
+test('oldest intents pair first', { timeout: lib.TEST_TIMEOUT_MS }, async () => {
   const mood = await lib.newMood('oldest');
   const [first, second, third] = lib.users('oldest', 3);
 

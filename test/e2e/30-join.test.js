@@ -7,6 +7,8 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const lib = require('./lib.js');
 
+test.before(lib.resetAllSettings);
+
 // Pair two users in a private mood and return the room and each user's
 // pushed token.
 async function pairAndCollectTokens(name) {
@@ -26,7 +28,7 @@ async function pairAndCollectTokens(name) {
   return { room: lib.janusRoomId(room), tokens };
 }
 
-test('pushed token joins the room', async (t) => {
+test('pushed token joins the room', { timeout: lib.TEST_TIMEOUT_MS }, async (t) => {
   const { room, tokens } = await pairAndCollectTokens('join');
 
   for (const token of tokens) {
@@ -38,7 +40,7 @@ test('pushed token joins the room', async (t) => {
   }
 });
 
-test('made-up token rejected with 489', async (t) => {
+test('made-up token rejected with 489', { timeout: lib.TEST_TIMEOUT_MS }, async (t) => {
   const { room } = await pairAndCollectTokens('join-bad');
   const client = await lib.JanusClient.connect();
   t.after(() => client.close());

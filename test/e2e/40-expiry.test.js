@@ -7,9 +7,11 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const lib = require('./lib.js');
 
+test.before(lib.resetAllSettings);
+
 const TTL_SECONDS = 2;
 
-test('lone intent expires with push', async (t) => {
+test('lone intent expires with push', { timeout: lib.TEST_TIMEOUT_MS }, async (t) => {
   await lib.setSettings({ 'matchmaker.intent_ttl': TTL_SECONDS });
   t.after(() => lib.resetSettings(['matchmaker.intent_ttl']));
   const mood = await lib.newMood('expiry');

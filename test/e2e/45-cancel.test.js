@@ -6,7 +6,9 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const lib = require('./lib.js');
 
-test('cancelled and deleted intents unmatched', async () => {
+test.before(lib.resetAllSettings);
+
+test('cancelled and deleted intents unmatched', { timeout: lib.TEST_TIMEOUT_MS }, async () => {
   const mood = await lib.newMood('cancel');
   const controlMood = await lib.newMood('cancel-c');
   const [cancelled, deleted, third, fourth] = lib.users('cancel', 4);

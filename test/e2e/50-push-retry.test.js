@@ -9,6 +9,8 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const lib = require('./lib.js');
 
+test.before(lib.resetAllSettings);
+
 // Pair two users in a private mood, after running prepare(users) (which
 // installs the receiver's rules), and wait until both outbox rows leave
 // pending. Returns the users, their intent ids and their outbox rows.
@@ -32,7 +34,7 @@ function assertSameMessage(pushed, row) {
   }
 }
 
-test('push retried after 503 then delivered', async () => {
+test('push retried after 503 then delivered', { timeout: lib.TEST_TIMEOUT_MS }, async () => {
   const { pair, rowOf } = await pairAndDeliver('retry503', ([first]) =>
     lib.pushControl({ fail: 2, status: 503, to: first.token }));
 
@@ -48,7 +50,7 @@ test('push retried after 503 then delivered', async () => {
   assert.equal(other.attempts, 1);
 });
 
-test('push rejected with 400 fails at once', async () => {
+test('push rejected with 400 fails at once', { timeout: lib.TEST_TIMEOUT_MS }, async () => {
   const { pair, rowOf } = await pairAndDeliver('reject400', ([first]) =>
     lib.pushControl({ fail: 5, status: 400, to: first.token }));
 
@@ -68,7 +70,7 @@ test('push rejected with 400 fails at once', async () => {
   assert.equal(rowOf(1).status, 'sent');
 });
 
-test('push fails after max_attempts', async (t) => {
+test('push fails after max_attempts', { timeout: lib.TEST_TIMEOUT_MS }, async (t) => {
   await lib.setSettings({ 'matchmaker.max_attempts': 3, 'matchmaker.retry_base': 100 });
   t.after(() => lib.resetSettings(['matchmaker.max_attempts', 'matchmaker.retry_base']));
 
@@ -84,7 +86,7 @@ test('push fails after max_attempts', async (t) => {
   assertSameMessage(pushed, row);
 });
 
-test('push waits for Retry-After seconds', async () => {
+test('push waits for Retry-After seconds', { timeout: lib.TEST_TIMEOUT_MS }, async () => {
   const { pair, rowOf } = await pairAndDeliver('after-secs', ([first]) =>
     lib.pushControl({ fail: 1, status: 429, retryAfter: '2', to: first.token }));
 
@@ -98,7 +100,7 @@ test('push waits for Retry-After seconds', async () => {
   assert.ok(gap >= 1950, `retry came ${gap} ms after a 429 with Retry-After: 2`);
 });
 
-test('push waits for Retry-After date', async () => {
+test('push waits for Retry-After date', { timeout: lib.TEST_TIMEOUT_MS }, async () => {
   // The receiver sends the date 3 s after its response; HTTP dates have
   // whole seconds, so the date is at least 2 s away when it is sent.
   const { pair, rowOf } = await pairAndDeliver('after-date', ([first]) =>
@@ -112,7 +114,7 @@ test('push waits for Retry-After date', async () => {
   assert.ok(gap >= 1950, `retry came ${gap} ms after a 503 with Retry-After: ${pushed[0].retryAfter}`);
 });
 
-test('push retried after timeout', async (t) => {
+test('push retried after timeout', { timeout: lib.TEST_TIMEOUT_MS }, async (t) => {
   await lib.setSettings({ 'matchmaker.request_timeout': 300 });
   t.after(() => lib.resetSettings(['matchmaker.request_timeout']));
 
@@ -134,7 +136,7 @@ test('push retried after timeout', async (t) => {
   assertSameMessage(pushed, row);
 });
 
-test('push retried after refused connection', async (t) => {
+test('push retried after refused connection', { timeout: lib.TEST_TIMEOUT_MS }, async (t) => {
   const names = ['matchmaker.push_url', 'matchmaker.retry_base'];
   await lib.setSettings({ 'matchmaker.push_url': await lib.closedUrl('/push'), 'matchmaker.retry_base': 300 });
   t.after(() => lib.resetSettings(names));

@@ -8,6 +8,8 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const lib = require('./lib.js');
 
+test.before(lib.resetAllSettings);
+
 const HTTP_SETTINGS = ['matchmaker.room_provider', 'matchmaker.room_url',
   'matchmaker.max_attempts', 'matchmaker.retry_base'];
 const MAX_ATTEMPTS = 2;
@@ -50,7 +52,7 @@ async function assertFailedWithPushes(pair, match) {
   }
 }
 
-test('http provider room reaches pushes', async (t) => {
+test('http provider room reaches pushes', { timeout: lib.TEST_TIMEOUT_MS }, async (t) => {
   await useHttpProvider(t);
   const name = 'httproom';
   const mood = await lib.newMood(name);
@@ -77,7 +79,7 @@ test('http provider room reaches pushes', async (t) => {
   }
 });
 
-test('room service 500 fails match', async (t) => {
+test('room service 500 fails match', { timeout: lib.TEST_TIMEOUT_MS }, async (t) => {
   await useHttpProvider(t);
   const name = 'room500';
   const mood = await lib.newMood(name);
@@ -93,7 +95,7 @@ test('room service 500 fails match', async (t) => {
   await assertFailedWithPushes(pair, match);
 });
 
-test('garbage room answers fail match', async (t) => {
+test('garbage room answers fail match', { timeout: lib.TEST_TIMEOUT_MS }, async (t) => {
   await useHttpProvider(t);
   const [before] = await lib.workers();
   assert.ok(before, 'no matchmaker worker running');
@@ -130,7 +132,7 @@ test('garbage room answers fail match', async (t) => {
   assert.doesNotMatch(log, /matchmaker.*(exited with exit code|terminated by signal)/);
 });
 
-test('unreachable janus fails match', async (t) => {
+test('unreachable janus fails match', { timeout: lib.TEST_TIMEOUT_MS }, async (t) => {
   const names = ['matchmaker.room_url', 'matchmaker.max_attempts', 'matchmaker.retry_base'];
   t.after(() => lib.resetSettings(names));
   await lib.setSettings({

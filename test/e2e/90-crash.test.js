@@ -10,6 +10,8 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const lib = require('./lib.js');
 
+test.before(lib.resetAllSettings);
+
 const INTENT_COUNT = 400;
 const MOOD_COUNT = 4;
 const BATCH_SIZE = 20;
@@ -150,4 +152,6 @@ test('worker killed under load recovers', { timeout: 180000 }, async () => {
   const log = lib.serverLogSince(logOffset);
   assert.match(log, /terminated by signal 9/, 'the server log must show the killed worker');
   await lib.cancelWaiting();
+  const matchIds = [...new Set(matched.map((i) => i.match_id))];
+  assert.equal(await lib.destroyRooms(matchIds), matchIds.length, 'every room must be destroyed with its secret');
 });

@@ -31,6 +31,10 @@ for (const [name, value] of Object.entries(env)) {
 // take well under a second. Generous, because the machine may be loaded.
 const WORKER_TIMEOUT_MS = 15000;
 
+// Time limit of one test, so that a hung test fails alone and its after
+// hooks (which restore settings) still run.
+const TEST_TIMEOUT_MS = 90000;
+
 // Time for the worker to re-read its settings after pg_reload_conf().
 // NOTE: nothing reports when the worker has applied a reload, so this is a
 // fixed wait. A worker that sleeps on its latch wakes on SIGHUP at once.
@@ -121,12 +125,13 @@ function pushPrefix(prefix) {
 // {id, user_id} rows in insertion order.
 async function insertIntents(list, mood) {
   const values = list.map((u) => `(${literal(u.user)}, ${literal(u.mood ?? mood)}, ${literal(u.token)})`);
-  return rows(`
+  const text = await sql(`
     WITH inserted AS (
       INSERT INTO matchmaker.intents (user_id, mood, push_token)
       VALUES ${values.join(', ')}
       RETURNING id, user_id)
-    SELECT id, user_id FROM inserted ORDER BY id`);
+    SELECT coalesce(json_agg(i ORDER BY i.id), '[]') FROM inserted i`);
+  return JSON.parse(text);
 }
 
 // Create a mood that only the calling test uses, so that no intent of
@@ -196,6 +201,14 @@ async function resetSettings(names) {
   for (const name of names) {
     await sql(`ALTER SYSTEM RESET ${name}`);
   }
+  await sql('SELECT pg_reload_conf()');
+  await sleep(RELOAD_SETTLE_MS);
+}
+
+// Drop every ALTER SYSTEM setting, so a file starts from the settings in
+// postgresql.conf even when an earlier file failed to restore its own.
+async function resetAllSettings() {
+  await sql('ALTER SYSTEM RESET ALL');
   await sql('SELECT pg_reload_conf()');
   await sleep(RELOAD_SETTLE_MS);
 }
@@ -367,6 +380,36 @@ class JanusClient {
   }
 }
 
+// Destroy the Janus rooms of the given matches with the secret the worker
+// stored in matches.plan. Each AudioBridge room runs its own mixer thread
+// until it is destroyed, so a test that makes many rooms removes them.
+// Returns the number of rooms destroyed.
+async function destroyRooms(matchIds) {
+  if (matchIds.length === 0) {
+    return 0;
+  }
+  const matches = await rows(`
+    SELECT room, plan->>'secret' AS secret FROM matchmaker.matches
+    WHERE id IN (${matchIds.join(', ')}) AND room IS NOT NULL`);
+  const client = await JanusClient.connect();
+  let destroyed = 0;
+  try {
+    for (const match of matches) {
+      const body = { request: 'destroy', room: janusRoomId(match.room), permanent: false };
+      if (match.secret) {
+        body.secret = match.secret;
+      }
+      const result = await client.request(body);
+      if (result.audiobridge === 'destroyed') {
+        destroyed += 1;
+      }
+    }
+  } finally {
+    await client.close();
+  }
+  return destroyed;
+}
+
 // Janus room ids are integers unless the plugin uses string ids, so a room
 // stored as text is sent back as a number.
 function janusRoomId(room) {
@@ -382,10 +425,12 @@ function janusRoomId(room) {
 
 module.exports = {
   JanusClient,
+  TEST_TIMEOUT_MS,
   WORKER_TIMEOUT_MS,
   cancelWaiting,
   closedUrl,
   deliveries,
+  destroyRooms,
   env,
   insertIntents,
   intentsOf,
@@ -397,6 +442,7 @@ module.exports = {
   outboxOf,
   pushControl,
   pushPrefix,
+  resetAllSettings,
   resetSettings,
   roomRequests,
   roomsControl,
