@@ -5,9 +5,11 @@
 // Janus, pushes counted at the fake receiver, latency percentiles, and the
 // checks that nothing was lost.
 //
-//   node test/demo-summary.js [--rate N]
+//   node test/demo-summary.js [--rate N] [--calls FILE]
 //
 // --rate is the target insert rate, printed next to the achieved one.
+// --calls is the record of test/demo-calls.js: rooms it found when their
+// match became ready count as verified, and the rest are checked here.
 // Reads the database through psql with the PG* environment variables, and
 // needs MM_JANUS_URL (Janus HTTP API) and MM_PUSH_BASE (fake receiver).
 //
@@ -18,110 +20,74 @@
 // from the receiver's Date.now() at arrival, so both clocks must be the
 // same machine's, as they are in test/demo.
 
-const { execFileSync } = require('node:child_process');
-const http = require('node:http');
-const crypto = require('node:crypto');
+const fs = require('node:fs');
+const {
+  JANUS_CONCURRENCY,
+  JanusClient,
+  closeConnections,
+  forEachBounded,
+  queryRows,
+  requestJson,
+  requireEnv,
+} = require('./demo-lib.js');
 
-// Janus requests in flight at once when checking rooms.
-const JANUS_CONCURRENCY = 16;
-const REQUEST_TIMEOUT_MS = 10000;
-
-const agent = new http.Agent({ keepAlive: true, maxSockets: JANUS_CONCURRENCY });
+// The receiver returns every delivery in one response, which grows with
+// the run, so it gets a longer timeout than the Janus requests.
+const DELIVERIES_TIMEOUT_MS = 120000;
 
 function parseArgs(argv) {
-  const options = { rate: null };
+  const options = { rate: null, calls: null };
   for (let i = 2; i < argv.length; i++) {
     if (argv[i] === '--rate' && i + 1 < argv.length) {
       options.rate = Number(argv[++i]);
+    } else if (argv[i] === '--calls' && i + 1 < argv.length) {
+      options.calls = argv[++i];
     } else {
-      throw new Error(`unknown argument "${argv[i]}"; usage: demo-summary.js [--rate N]`);
+      throw new Error(`unknown argument "${argv[i]}"; usage: demo-summary.js [--rate N] [--calls FILE]`);
     }
   }
   return options;
 }
 
-function requireEnv(name) {
-  const value = process.env[name];
-  if (!value) {
-    throw new Error(`${name} is not set; run this from test/demo`);
-  }
-  return value;
-}
-
-// Run one query that returns a single json value and return it parsed.
-function queryJson(sql) {
-  const output = execFileSync(
-    'psql',
-    ['-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-c', sql],
-    { encoding: 'utf8', maxBuffer: 1 << 30 },
-  );
-  return JSON.parse(output);
-}
-
 // Read intents, matches and pushes, with timestamps as ms since the epoch.
-function readDatabase() {
-  const rows = (select) => queryJson(`SELECT coalesce(json_agg(t), '[]') FROM (${select}) t`);
+async function readDatabase() {
   return {
-    intents: rows(`
+    intents: await queryRows(`
       SELECT id, status, match_id,
              (extract(epoch FROM created_at) * 1000)::float8 AS created_ms
       FROM matchmaker.intents`),
-    matches: rows(`
+    matches: await queryRows(`
       SELECT id, status, room, intent_ids
       FROM matchmaker.matches`),
-    pushes: rows(`
+    pushes: await queryRows(`
       SELECT id, intent_id, match_id, status, payload->>'type' AS type
       FROM matchmaker.outbox`),
   };
 }
 
-// Send an HTTP request with a JSON body (or none) and return the parsed
-// JSON response.
-function requestJson(url, body) {
-  return new Promise((resolve, reject) => {
-    const payload = body === undefined ? undefined : JSON.stringify(body);
-    const request = http.request(url, {
-      method: payload === undefined ? 'GET' : 'POST',
-      agent,
-      timeout: REQUEST_TIMEOUT_MS,
-      headers: payload === undefined ? {} : {
-        'Content-Type': 'application/json',
-        'Content-Length': Buffer.byteLength(payload),
-      },
-    }, (response) => {
-      const chunks = [];
-      response.on('data', (chunk) => chunks.push(chunk));
-      response.on('end', () => {
-        const text = Buffer.concat(chunks).toString('utf8');
-        if (response.statusCode !== 200) {
-          reject(new Error(`${url} returned HTTP ${response.statusCode}: ${text.slice(0, 200)}`));
-          return;
-        }
-        try {
-          resolve(JSON.parse(text));
-        } catch (error) {
-          reject(new Error(`${url} returned invalid JSON: ${error.message}`));
-        }
-      });
-    });
-    request.on('timeout', () => request.destroy(new Error(`${url} timed out`)));
-    request.on('error', reject);
-    request.end(payload);
-  });
-}
-
-// Post one request to the Janus HTTP API at url and reject unless Janus
-// accepted it. Janus returns HTTP 200 for its own errors too, so the
-// verdict is the "janus" field.
-async function janusRequest(url, body) {
-  const answer = await requestJson(url, {
-    transaction: crypto.randomBytes(8).toString('hex'),
-    ...body,
-  });
-  if (answer.janus !== 'success') {
-    throw new Error(`Janus rejected ${JSON.stringify(body)}: ${JSON.stringify(answer)}`);
+// Read the room checks test/demo-calls.js recorded, keyed by match id.
+// Returns an empty map when there is no file.
+function readCallRecords(path) {
+  const checks = new Map();
+  let destroyed = 0;
+  let destroyErrors = 0;
+  if (path === null || !fs.existsSync(path)) {
+    return { checks, destroyed, destroyErrors };
   }
-  return answer;
+  for (const line of fs.readFileSync(path, 'utf8').split('\n')) {
+    if (line === '') {
+      continue;
+    }
+    const entry = JSON.parse(line);
+    if (entry.destroyed) {
+      destroyed++;
+    } else if (entry.destroyError !== undefined) {
+      destroyErrors++;
+    } else {
+      checks.set(String(entry.match), entry);
+    }
+  }
+  return { checks, destroyed, destroyErrors };
 }
 
 // Ask Janus whether each room exists, through a session and AudioBridge
@@ -129,40 +95,24 @@ async function janusRequest(url, body) {
 // Returns the rooms Janus reports missing, and errors for the requests
 // that failed.
 async function checkRooms(janusUrl, rooms) {
-  const session = (await janusRequest(janusUrl, { janus: 'create' })).data.id;
-  const sessionUrl = `${janusUrl}/${session}`;
   const missing = [];
   const errors = [];
+  if (rooms.length === 0) {
+    return { missing, errors };
+  }
+  const janus = await JanusClient.connect(janusUrl);
   try {
-    const handle = (await janusRequest(sessionUrl, {
-      janus: 'attach',
-      plugin: 'janus.plugin.audiobridge',
-    })).data.id;
-    const handleUrl = `${sessionUrl}/${handle}`;
-
-    let next = 0;
-    const work = async () => {
-      while (next < rooms.length) {
-        const room = rooms[next++];
-        try {
-          const answer = await janusRequest(handleUrl, {
-            janus: 'message',
-            body: { request: 'exists', room: Number(room) },
-          });
-          const data = answer.plugindata?.data;
-          if (data?.error_code !== undefined || typeof data?.exists !== 'boolean') {
-            errors.push(`room ${room}: ${JSON.stringify(data)}`);
-          } else if (!data.exists) {
-            missing.push(room);
-          }
-        } catch (error) {
-          errors.push(`room ${room}: ${error.message}`);
+    await forEachBounded(rooms, JANUS_CONCURRENCY, async (room) => {
+      try {
+        if (!(await janus.roomExists(room))) {
+          missing.push(room);
         }
+      } catch (error) {
+        errors.push(`room ${room}: ${error.message}`);
       }
-    };
-    await Promise.all(Array.from({ length: JANUS_CONCURRENCY }, work));
+    });
   } finally {
-    await janusRequest(sessionUrl, { janus: 'destroy' }).catch(() => {});
+    await janus.close();
   }
   return { missing, errors };
 }
@@ -231,8 +181,8 @@ async function main() {
   const janusUrl = requireEnv('MM_JANUS_URL');
   const pushBase = requireEnv('MM_PUSH_BASE');
 
-  const db = readDatabase();
-  const deliveries = await requestJson(`${pushBase}/deliveries`);
+  const db = await readDatabase();
+  const deliveries = await requestJson(`${pushBase}/deliveries`, undefined, DELIVERIES_TIMEOUT_MS);
   const received = indexDeliveries(deliveries);
 
   const intentById = new Map(db.intents.map((i) => [String(i.id), i]));
@@ -272,9 +222,36 @@ async function main() {
     }
   }
 
-  // Rooms of ready matches, checked on Janus.
+  for (const intent of db.intents) {
+    if (intent.match_id === null) {
+      continue;
+    }
+    const match = matchById.get(String(intent.match_id));
+    if (match === undefined || !match.intent_ids.some((id) => String(id) === String(intent.id))) {
+      problem('intent match_id disagrees with its match',
+        `intent ${intent.id} has match_id ${intent.match_id}, which does not list it`);
+    }
+  }
+
+  // Rooms of ready matches, checked on Janus: by test/demo-calls.js when
+  // the match became ready, and here for the rooms it did not check.
   const readyMatches = db.matches.filter((m) => m.status === 'ready');
-  const rooms = await checkRooms(janusUrl, readyMatches.map((m) => m.room));
+  const calls = readCallRecords(options.calls);
+  const verifiedEarly = [];
+  const uncheckedRooms = [];
+  for (const match of readyMatches) {
+    const check = calls.checks.get(String(match.id));
+    if (check?.exists === true) {
+      verifiedEarly.push(match.room);
+    } else if (check?.exists === false) {
+      problem('ready room missing on Janus', `room ${match.room} of match ${match.id}, when the match became ready`);
+    } else {
+      uncheckedRooms.push(match.room);
+    }
+  }
+  const rooms = await checkRooms(janusUrl, uncheckedRooms);
+  const verifiedLate = uncheckedRooms.length - rooms.missing.length - rooms.errors.length;
+  const missingRooms = readyMatches.length - verifiedEarly.length - verifiedLate - rooms.errors.length;
   for (const room of rooms.missing) {
     problem('ready room missing on Janus', `room ${room}`);
   }
@@ -368,8 +345,10 @@ async function main() {
     `intents   ${db.intents.length} inserted over ${spanSeconds.toFixed(1)} s: ${rateText}/s${target}`,
     `          ${formatCounts(intentCounts, ['matched', 'waiting', 'expired', 'cancelled', 'failed'])}`,
     `matches   ${db.matches.length}: ${formatCounts(matchCounts, ['ready', 'pending', 'failed'])}`,
-    `rooms     ${readyMatches.length - rooms.missing.length - rooms.errors.length} of ${readyMatches.length} ready matches` +
-      ` exist on Janus (${rooms.missing.length} missing, ${rooms.errors.length} failed requests)`,
+    `rooms     ${verifiedEarly.length + verifiedLate} of ${readyMatches.length} ready matches have their room on Janus` +
+      ` (${missingRooms} missing, ${rooms.errors.length} failed requests)`,
+    `          ${verifiedEarly.length} checked when the match became ready, ${verifiedLate} at the end;` +
+      ` ${calls.destroyed} destroyed when the simulated call ended (${calls.destroyErrors} destroy errors)`,
     `pushes    database: ${formatCounts(pushCounts, ['sent', 'pending', 'failed'])}`,
     `          receiver: ${received.first.size} delivered (distinct webhook-id): ${matchPushes} match, ${expiredPushes} expired;` +
       ` ${received.duplicates} duplicate deliveries`,
@@ -389,7 +368,7 @@ async function main() {
     lines.push('checks    ok: no intent lost or matched twice, every ready room is on Janus');
   } else {
     const byKind = countBy(problems, 'kind');
-    lines.push(`checks    FAILED: ${problems.length} problems`);
+    lines.push(`checks    FAILED: ${problems.length} ${problems.length === 1 ? 'problem' : 'problems'}`);
     for (const [kind, count] of Object.entries(byKind)) {
       const examples = problems.filter((p) => p.kind === kind).slice(0, 3).map((p) => p.detail);
       lines.push(`  ${kind}: ${count} (e.g. ${examples.join('; ')})`);
@@ -401,11 +380,11 @@ async function main() {
 
 main().then(
   (status) => {
-    agent.destroy();
+    closeConnections();
     process.exitCode = status;
   },
   (error) => {
-    agent.destroy();
+    closeConnections();
     console.error(`demo-summary: ${error.message}`);
     process.exitCode = 2;
   },
