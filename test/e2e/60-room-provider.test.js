@@ -24,17 +24,6 @@ function useHttpProvider(t) {
   });
 }
 
-// Wait until the match of the users has left pending and return it.
-async function settledMatch(pair) {
-  const intents = await lib.waitForIntents(pair, ['matched', 'failed']);
-  const matchId = intents[0].match_id;
-  assert.ok(Number.isInteger(matchId), `${pair[0].user} has no match_id`);
-  return lib.waitFor(async () => {
-    const match = await lib.row(`SELECT * FROM matchmaker.matches WHERE id = ${matchId}`);
-    return match && match.status !== 'pending' && match;
-  }, 30000, `match ${matchId} to leave pending`);
-}
-
 // Check that the match failed and that each user got one "failed" push.
 async function assertFailedWithPushes(pair, match) {
   assert.equal(match.status, 'failed');
@@ -59,7 +48,7 @@ test('http provider room reaches pushes', { timeout: lib.TEST_TIMEOUT_MS }, asyn
   const pair = lib.users(name, 2);
   const inserted = await lib.insertIntents(pair, mood);
 
-  const match = await settledMatch(pair);
+  const match = await lib.settledMatch(pair);
   assert.equal(match.status, 'ready', `match ${match.id}: last_error ${match.last_error}`);
   const requests = await lib.roomRequests(pair[0].user);
   assert.equal(requests.length, 1);
@@ -79,6 +68,23 @@ test('http provider room reaches pushes', { timeout: lib.TEST_TIMEOUT_MS }, asyn
   }
 });
 
+test('room service 503 retried', { timeout: lib.TEST_TIMEOUT_MS }, async (t) => {
+  await useHttpProvider(t);
+  const name = 'room503';
+  const mood = await lib.newMood(name);
+  const pair = lib.users(name, 2);
+  await lib.roomsControl({ fail: 1, status: 503, user: `${name}-${lib.runTag}-` });
+  await lib.insertIntents(pair, mood);
+
+  const match = await lib.settledMatch(pair);
+  assert.equal(match.status, 'ready', `match ${match.id}: last_error ${match.last_error}`);
+  assert.equal(match.attempts, 2);
+  const requests = await lib.roomRequests(`${name}-${lib.runTag}-`);
+  assert.deepEqual(requests.map((r) => r.status), [503, 200]);
+  assert.deepEqual(requests[1].body, requests[0].body, 'a retry must request the same room');
+  assert.equal(match.room, requests[1].answer.room);
+});
+
 test('room service 500 fails match', { timeout: lib.TEST_TIMEOUT_MS }, async (t) => {
   await useHttpProvider(t);
   const name = 'room500';
@@ -87,7 +93,7 @@ test('room service 500 fails match', { timeout: lib.TEST_TIMEOUT_MS }, async (t)
   await lib.roomsControl({ fail: 100, status: 500, user: `${name}-${lib.runTag}-` });
   await lib.insertIntents(pair, mood);
 
-  const match = await settledMatch(pair);
+  const match = await lib.settledMatch(pair);
   assert.equal(match.attempts, MAX_ATTEMPTS);
   assert.match(match.last_error ?? '', /500/);
   const requests = await lib.roomRequests(`${name}-${lib.runTag}-`);
@@ -116,7 +122,7 @@ test('garbage room answers fail match', { timeout: lib.TEST_TIMEOUT_MS }, async 
   await lib.insertIntents(intents);
 
   for (const { variant, pair } of pairs) {
-    const match = await settledMatch(pair);
+    const match = await lib.settledMatch(pair);
     assert.equal(match.status, 'failed', `variant ${variant}: expected a failed match`);
     assert.ok(match.last_error, `variant ${variant}: last_error must be set`);
     const requests = await lib.roomRequests(`garbage-${variant}-${lib.runTag}-`);
@@ -145,7 +151,7 @@ test('unreachable janus fails match', { timeout: lib.TEST_TIMEOUT_MS }, async (t
   const pair = lib.users(name, 2);
   await lib.insertIntents(pair, mood);
 
-  const match = await settledMatch(pair);
+  const match = await lib.settledMatch(pair);
   assert.equal(match.attempts, MAX_ATTEMPTS);
   await assertFailedWithPushes(pair, match);
 });

@@ -5,6 +5,8 @@
 //   PGHOST, PGPORT, PGUSER, PGDATABASE   the cluster (read by psql)
 //   MM_PG_LOG                            the server log
 //   MM_JANUS_URL                         Janus HTTP API, e.g. http://127.0.0.1:P/janus
+//   MM_JANUS_SHORT_SESSION_URL           another Janus whose sessions time out after 2 s
+//   MM_JANUS_SHORT_SESSION_LOG           and its log
 //   MM_PUSH_BASE, MM_PUSH_URL            fake push receiver
 //   MM_ROOMS_BASE, MM_ROOMS_URL          fake "http" room provider
 
@@ -14,6 +16,8 @@ const fs = require('node:fs');
 
 const env = {
   janusUrl: process.env.MM_JANUS_URL,
+  janusShortSessionUrl: process.env.MM_JANUS_SHORT_SESSION_URL,
+  janusShortSessionLog: process.env.MM_JANUS_SHORT_SESSION_LOG,
   pushBase: process.env.MM_PUSH_BASE,
   pushUrl: process.env.MM_PUSH_URL,
   roomsBase: process.env.MM_ROOMS_BASE,
@@ -155,6 +159,20 @@ async function waitForIntents(list, statuses, timeoutMs = WORKER_TIMEOUT_MS) {
     const done = intents.length === list.length && intents.every((i) => expected.has(i.status));
     return done && intents;
   }, timeoutMs, `intents of ${list.map((u) => u.user).join(', ')} to be ${[...expected].join(' or ')}`);
+}
+
+// Wait until the users are matched and their match has left pending,
+// and return the match.
+async function settledMatch(list, timeoutMs = 30000) {
+  const intents = await waitForIntents(list, ['matched', 'failed'], timeoutMs);
+  const matchId = intents[0].match_id;
+  if (!Number.isInteger(matchId)) {
+    throw new Error(`intent ${intents[0].id} of ${intents[0].user_id} has no match_id`);
+  }
+  return waitFor(async () => {
+    const match = await row(`SELECT * FROM matchmaker.matches WHERE id = ${matchId}`);
+    return match && match.status !== 'pending' && match;
+  }, timeoutMs, `match ${matchId} to leave pending`);
 }
 
 // Return the outbox rows of the given intent ids, ordered by id.
@@ -299,11 +317,11 @@ function transaction() {
   return crypto.randomBytes(8).toString('hex');
 }
 
-// POST a Janus API request to path below the base URL and return the
-// parsed response. Janus returns 200 even for its own errors, so the caller
-// checks the "janus" field.
-async function janus(path, body) {
-  return httpJson(`${env.janusUrl}${path}`, {
+// POST a Janus API request to path below the base URL (by default the
+// main Janus) and return the parsed response. Janus returns 200 even for
+// its own errors, so the caller checks the "janus" field.
+async function janus(path, body, baseUrl = env.janusUrl) {
+  return httpJson(`${baseUrl}${path}`, {
     method: 'POST',
     body: JSON.stringify({ transaction: transaction(), ...body }),
   });
@@ -311,13 +329,14 @@ async function janus(path, body) {
 
 // A Janus session with one AudioBridge handle, owned by a test.
 class JanusClient {
-  constructor(sessionId, handleId) {
+  constructor(baseUrl, sessionId, handleId) {
+    this.baseUrl = baseUrl;
     this.sessionId = sessionId;
     this.handleId = handleId;
   }
 
-  static async connect() {
-    const created = await janus('', { janus: 'create' });
+  static async connect(baseUrl = env.janusUrl) {
+    const created = await janus('', { janus: 'create' }, baseUrl);
     if (created.janus !== 'success') {
       throw new Error(`Janus create failed: ${JSON.stringify(created)}`);
     }
@@ -325,17 +344,18 @@ class JanusClient {
     const attached = await janus(`/${sessionId}`, {
       janus: 'attach',
       plugin: 'janus.plugin.audiobridge',
-    });
+    }, baseUrl);
     if (attached.janus !== 'success') {
       throw new Error(`Janus attach failed: ${JSON.stringify(attached)}`);
     }
-    return new JanusClient(sessionId, attached.data.id);
+    return new JanusClient(baseUrl, sessionId, attached.data.id);
   }
 
   // Send a synchronous AudioBridge request and return the plugin's data,
   // which carries error_code when the plugin rejected the request.
   async request(body) {
-    const answer = await janus(`/${this.sessionId}/${this.handleId}`, { janus: 'message', body });
+    const answer = await janus(`/${this.sessionId}/${this.handleId}`, { janus: 'message', body },
+      this.baseUrl);
     if (answer.janus !== 'success') {
       throw new Error(`Janus message failed: ${JSON.stringify(answer)}`);
     }
@@ -346,7 +366,7 @@ class JanusClient {
   // plugin's data from the event that carries its result.
   async requestAsync(body, timeoutMs = 10000) {
     const id = transaction();
-    const answer = await httpJson(`${env.janusUrl}/${this.sessionId}/${this.handleId}`, {
+    const answer = await httpJson(`${this.baseUrl}/${this.sessionId}/${this.handleId}`, {
       method: 'POST',
       body: JSON.stringify({ janus: 'message', transaction: id, body }),
     });
@@ -364,7 +384,7 @@ class JanusClient {
   async nextEvent(accept, timeoutMs) {
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
-      const event = await httpJson(`${env.janusUrl}/${this.sessionId}?maxev=1`, {
+      const event = await httpJson(`${this.baseUrl}/${this.sessionId}?maxev=1`, {
         signal: AbortSignal.timeout(Math.max(deadline - Date.now(), 1)),
       });
       if (accept(event)) {
@@ -375,8 +395,9 @@ class JanusClient {
   }
 
   async close() {
-    await janus(`/${this.sessionId}/${this.handleId}`, { janus: 'detach' }).catch(() => {});
-    await janus(`/${this.sessionId}`, { janus: 'destroy' }).catch(() => {});
+    const path = `/${this.sessionId}`;
+    await janus(`${path}/${this.handleId}`, { janus: 'detach' }, this.baseUrl).catch(() => {});
+    await janus(path, { janus: 'destroy' }, this.baseUrl).catch(() => {});
   }
 }
 
@@ -452,6 +473,7 @@ module.exports = {
   serverLogSince,
   serverLogSize,
   setSettings,
+  settledMatch,
   sleep,
   sql,
   users,

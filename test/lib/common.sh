@@ -21,6 +21,7 @@ MM_NODE=${MM_NODE:-node}
 # State filled in by the start functions and read by mm_cleanup.
 MM_PGDATA=""
 MM_JANUS_PID=""
+MM_JANUS_PIDS=""
 MM_FAKE_PIDS=""
 
 # mm_log prints a progress line on stderr.
@@ -138,8 +139,9 @@ psql_q() {
 # janus_start DIR [SESSION_TIMEOUT] writes a private Janus configuration to
 # DIR from the templates in test/janus, starts Janus with only the
 # AudioBridge plugin and the HTTP transport on 127.0.0.1, and waits until
-# GET /janus/info responds. Sets MM_JANUS_URL. SESSION_TIMEOUT is in
-# seconds (default 60, the Janus default).
+# GET /janus/info responds. Sets MM_JANUS_URL and MM_JANUS_PID.
+# SESSION_TIMEOUT is in seconds (default 60, the Janus default). Calling it
+# again with another DIR starts another instance; mm_cleanup stops all.
 janus_start() {
 	local dir=$1 timeout=${2:-60} port template
 	mkdir -p "$dir/conf" "$dir/plugins" "$dir/transports" "$dir/empty"
@@ -163,6 +165,7 @@ janus_start() {
 	"$MM_JANUS_BIN" -C "$dir/conf/janus.jcfg" -F "$dir/conf" \
 		-P "$dir/plugins" -o >"$dir/janus.log" 2>&1 &
 	MM_JANUS_PID=$!
+	MM_JANUS_PIDS="$MM_JANUS_PIDS $MM_JANUS_PID"
 	MM_JANUS_URL="http://127.0.0.1:$port/janus"
 	export MM_JANUS_URL
 
@@ -233,14 +236,15 @@ mm_stop_process() {
 mm_cleanup() {
 	local pid
 	cluster_stop immediate || true
-	if [ -n "$MM_JANUS_PID" ]; then
-		mm_stop_process "$MM_JANUS_PID"
-	fi
+	for pid in $MM_JANUS_PIDS; do
+		mm_stop_process "$pid"
+	done
 	for pid in $MM_FAKE_PIDS; do
 		mm_stop_process "$pid"
 	done
 	MM_PGDATA=""
 	MM_JANUS_PID=""
+	MM_JANUS_PIDS=""
 	MM_FAKE_PIDS=""
 }
 
