@@ -79,7 +79,8 @@ test('different moods do not pair', { timeout: lib.TEST_TIMEOUT_MS }, async () =
   const control = lib.users('apart-control', 2);
 
   // One statement, so the pass that matches the control pair also reads
-  // a and b.
+  // a and b: one pass covers every mood, up to matchmaker.batch_size
+  // waiting intents.
   await lib.insertIntents([
     { ...a, mood: moodA },
     { ...b, mood: moodB },

@@ -160,8 +160,8 @@ janus_start() {
 			"$template" >"$dir/conf/${template##*/}"
 	done
 
-	# -C and -F keep Janus away from /etc/janus, and -P repeats the plugin
-	# folder because the command line overrides the configuration file.
+	# -C and -F keep Janus away from /etc/janus. -P names the same plugin
+	# folder as the configuration file, so no other folder is ever read.
 	"$MM_JANUS_BIN" -C "$dir/conf/janus.jcfg" -F "$dir/conf" \
 		-P "$dir/plugins" -o >"$dir/janus.log" 2>&1 &
 	MM_JANUS_PID=$!
