@@ -1,10 +1,10 @@
 #!/usr/bin/env node
 'use strict';
 
-// Plays the apps' side of each call while test/demo runs: as soon as a
-// match is ready, it checks on Janus that the match's room exists, and once
-// the simulated call is over it destroys the room, as an app would when
-// its users hang up.
+// Plays the apps' side of each call while test/demo runs. As soon as a
+// match is ready, it checks on Janus that the match's room exists. Once the
+// simulated call is over, it destroys the room, as an app would when its
+// users hang up.
 //
 //   node test/demo-calls.js --record FILE [--call-seconds S]
 //
