@@ -8,7 +8,10 @@ OBJS = \
 	src/json.o \
 	src/room_janus.o \
 	src/room_http.o \
-	src/push_webhook.o
+	src/push_webhook.o \
+	src/push_fcm.o \
+	src/push_apns.o \
+	src/sign.o
 
 EXTENSION = matchmaker
 DATA = sql/matchmaker--0.1.sql
@@ -17,7 +20,7 @@ PGFILEDESC = "matchmaker - mood matchmaking worker"
 PG_CPPFLAGS = -I$(srcdir)/src -I$(shell $(PG_CONFIG) --includedir)
 SHLIB_LINK = -lpq -lcurl -ljansson -lcrypto
 
-REGRESS = schema validation matching expiry stats
+REGRESS = schema validation matching expiry stats push
 REGRESS_OPTS = --temp-instance=tmp_check --temp-config=$(srcdir)/test/regress.conf
 ISOLATION = claim cancel
 ISOLATION_OPTS = --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/regress.conf

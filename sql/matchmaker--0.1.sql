@@ -135,6 +135,18 @@ CREATE INDEX outbox_due ON matchmaker.outbox (next_attempt_at)
 	WHERE status = 'pending';
 
 /*
+ * Push tokens the push service called dead (app uninstalled, token from
+ * another project, malformed).  The app reads this to clean up its own
+ * records, and deletes rows it has handled.
+ */
+CREATE TABLE matchmaker.dead_push_tokens (
+	push_token	text PRIMARY KEY,
+	provider	text NOT NULL,
+	reason		text NOT NULL,
+	created_at	timestamptz NOT NULL DEFAULT now()
+);
+
+/*
  * Input checks, with messages that name the bad value.  The CHECK
  * constraints above stay as the last line of defence.
  */
@@ -322,6 +334,16 @@ AS $$
 	SELECT count(*)::integer FROM queued
 $$;
 
+/*
+ * The webhook-signature value the webhook provider sends, for checking
+ * receivers and test vectors.
+ */
+CREATE FUNCTION matchmaker.webhook_signature(secret text, msg_id text,
+											 unix_time bigint, body text)
+RETURNS text
+LANGUAGE c STRICT IMMUTABLE
+AS 'MODULE_PATHNAME', 'matchmaker_webhook_signature';
+
 CREATE VIEW matchmaker.stats AS
 	SELECT 'intents'::text AS kind, i.mood AS key, i.status,
 		   count(*) AS count,
@@ -354,6 +376,8 @@ CREATE VIEW matchmaker.waiting AS
 REVOKE ALL ON ALL TABLES IN SCHEMA matchmaker FROM PUBLIC;
 REVOKE ALL ON FUNCTION matchmaker.match_pass(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION matchmaker.expire_pass(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION matchmaker.webhook_signature(text, text, bigint, text)
+	FROM PUBLIC;
 
 -- the seeded moods come back with CREATE EXTENSION; dump only the others
 SELECT pg_catalog.pg_extension_config_dump('matchmaker.moods',

@@ -219,8 +219,24 @@ void
 mm_http_post(const char *url, const char *body, const char *const *headers,
 			 MMHttpDone done, void *arg)
 {
+	MMHttpSpec	spec = {0};
+
+	spec.url = url;
+	spec.body = body;
+	spec.headers = headers;
+	mm_http_request(&spec, done, arg);
+}
+
+/*
+ * Start a POST as described by spec; see mm_http_post().
+ */
+void
+mm_http_request(const MMHttpSpec *spec, MMHttpDone done, void *arg)
+{
 	MMHttpRequest *req;
 	CURL	   *easy;
+	const char *const *headers = spec->headers;
+	char	   *content_type;
 
 	req = MemoryContextAllocZero(mm_job_context, sizeof(MMHttpRequest));
 	req->retry_after_ms = -1;
@@ -235,19 +251,22 @@ mm_http_post(const char *url, const char *body, const char *const *headers,
 				 errmsg("could not create a libcurl handle")));
 	req->easy = easy;
 
-	req->headers = curl_slist_append(NULL, "Content-Type: application/json");
+	content_type = psprintf("Content-Type: %s",
+							spec->content_type ? spec->content_type :
+							"application/json");
+	req->headers = curl_slist_append(NULL, content_type);
 	req->headers = curl_slist_append(req->headers, "Expect:");
 	for (int i = 0; headers != NULL && headers[i] != NULL; i++)
 		req->headers = curl_slist_append(req->headers, headers[i]);
 
-	curl_easy_setopt(easy, CURLOPT_URL, url);
+	curl_easy_setopt(easy, CURLOPT_URL, spec->url);
 	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, (long) mm_connect_timeout);
 	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) mm_request_timeout);
 	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, req->headers);
-	curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE, (long) strlen(body));
-	curl_easy_setopt(easy, CURLOPT_COPYPOSTFIELDS, body);
+	curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE, (long) strlen(spec->body));
+	curl_easy_setopt(easy, CURLOPT_COPYPOSTFIELDS, spec->body);
 	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, write_cb);
 	curl_easy_setopt(easy, CURLOPT_WRITEDATA, req);
 	curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, header_cb);
@@ -256,6 +275,16 @@ mm_http_post(const char *url, const char *body, const char *const *headers,
 	curl_easy_setopt(easy, CURLOPT_PRIVATE, req);
 	curl_easy_setopt(easy, CURLOPT_USERAGENT, "matchmaker/0.1");
 	curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
+	if (spec->http2)
+	{
+		/* cleartext HTTP/2 only with prior knowledge, as for local fakes */
+		curl_easy_setopt(easy, CURLOPT_HTTP_VERSION,
+						 pg_strncasecmp(spec->url, "http:", 5) == 0 ?
+						 (long) CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE :
+						 (long) CURL_HTTP_VERSION_2TLS);
+		/* share one connection between concurrent requests */
+		curl_easy_setopt(easy, CURLOPT_PIPEWAIT, 1L);
+	}
 
 	if (curl_multi_add_handle(multi, easy) != CURLM_OK)
 	{
@@ -264,8 +293,9 @@ mm_http_post(const char *url, const char *body, const char *const *headers,
 		pfree(req);
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not start an HTTP request to \"%s\"", url)));
+				 errmsg("could not start an HTTP request to \"%s\"", spec->url)));
 	}
+	pfree(content_type);
 	inflight++;
 }
 
@@ -417,6 +447,7 @@ mm_http_classify(const MMHttpResponse *resp, MMOutcome *out)
 {
 	out->retry_after_ms = resp->retry_after_ms;
 	out->error = NULL;
+	out->token_dead = false;
 
 	if (resp->curl_code != CURLE_OK)
 	{

@@ -37,6 +37,16 @@ int			mm_request_timeout = 5000;
 int			mm_max_inflight = 128;
 int			mm_poll_interval = 500;
 int			mm_batch_size = 1000;
+char	   *mm_webhook_secret = NULL;
+char	   *mm_fcm_project_id = NULL;
+char	   *mm_fcm_key_file = NULL;
+char	   *mm_fcm_token_url = NULL;
+char	   *mm_fcm_url = NULL;
+char	   *mm_apns_url = NULL;
+char	   *mm_apns_key_file = NULL;
+char	   *mm_apns_key_id = NULL;
+char	   *mm_apns_team_id = NULL;
+char	   *mm_apns_topic = NULL;
 
 static const struct config_enum_entry room_provider_options[] = {
 	{"janus", MM_ROOM_JANUS, false},
@@ -46,6 +56,8 @@ static const struct config_enum_entry room_provider_options[] = {
 
 static const struct config_enum_entry push_provider_options[] = {
 	{"webhook", MM_PUSH_WEBHOOK, false},
+	{"fcm", MM_PUSH_FCM, false},
+	{"apns", MM_PUSH_APNS, false},
 	{NULL, 0, false}
 };
 
@@ -78,7 +90,7 @@ define_settings(void)
 							   NULL, NULL, NULL);
 
 	DefineCustomEnumVariable("matchmaker.push_provider",
-							 "Service that delivers pushes: webhook.",
+							 "Service that delivers pushes: webhook, fcm or apns.",
 							 NULL,
 							 &mm_push_provider,
 							 MM_PUSH_WEBHOOK,
@@ -165,6 +177,92 @@ define_settings(void)
 							1000, 2, 100000,
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
+
+	/*
+	 * Secrets and key paths are for superusers only: GUC_SUPERUSER_ONLY
+	 * hides them from SHOW and pg_settings for everyone else, and
+	 * GUC_NO_SHOW_ALL keeps them out of SHOW ALL.
+	 */
+	DefineCustomStringVariable("matchmaker.webhook_secret",
+							   "Standard Webhooks signing secret (whsec_...); empty sends unsigned.",
+							   NULL,
+							   &mm_webhook_secret,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   mm_check_webhook_secret, NULL, NULL);
+
+	DefineCustomStringVariable("matchmaker.fcm_project_id",
+							   "Firebase project id for the fcm push provider.",
+							   NULL,
+							   &mm_fcm_project_id,
+							   "",
+							   PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("matchmaker.fcm_key_file",
+							   "Path of the Firebase service-account key (JSON).",
+							   "The file must be readable by the server's OS user only.",
+							   &mm_fcm_key_file,
+							   "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   mm_check_fcm_key_file, NULL, NULL);
+
+	DefineCustomStringVariable("matchmaker.fcm_token_url",
+							   "OAuth 2.0 token endpoint for the fcm push provider.",
+							   NULL,
+							   &mm_fcm_token_url,
+							   "https://oauth2.googleapis.com/token",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("matchmaker.fcm_url",
+							   "Base URL of the FCM HTTP v1 API.",
+							   NULL,
+							   &mm_fcm_url,
+							   "https://fcm.googleapis.com",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("matchmaker.apns_url",
+							   "Base URL of Apple's push service.",
+							   "An http:// URL means cleartext HTTP/2, for local test servers.",
+							   &mm_apns_url,
+							   "https://api.push.apple.com",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("matchmaker.apns_key_file",
+							   "Path of the APNs signing key (.p8).",
+							   "The file must be readable by the server's OS user only.",
+							   &mm_apns_key_file,
+							   "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   mm_check_apns_key_file, NULL, NULL);
+
+	DefineCustomStringVariable("matchmaker.apns_key_id",
+							   "Key id of the APNs signing key.",
+							   NULL,
+							   &mm_apns_key_id,
+							   "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("matchmaker.apns_team_id",
+							   "Apple developer team id for APNs.",
+							   NULL,
+							   &mm_apns_team_id,
+							   "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("matchmaker.apns_topic",
+							   "App bundle id sent as apns-topic.",
+							   NULL,
+							   &mm_apns_topic,
+							   "",
+							   PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("matchmaker");
 }

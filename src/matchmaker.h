@@ -15,6 +15,7 @@
 #define MATCHMAKER_H
 
 #include "lib/stringinfo.h"
+#include "utils/guc.h"
 
 #include <jansson.h>
 
@@ -32,7 +33,9 @@ typedef enum MMRoomProviderKind
 
 typedef enum MMPushProviderKind
 {
-	MM_PUSH_WEBHOOK
+	MM_PUSH_WEBHOOK,
+	MM_PUSH_FCM,
+	MM_PUSH_APNS
 } MMPushProviderKind;
 
 extern char *mm_database;
@@ -49,6 +52,16 @@ extern int	mm_request_timeout;
 extern int	mm_max_inflight;
 extern int	mm_poll_interval;
 extern int	mm_batch_size;
+extern char *mm_webhook_secret;
+extern char *mm_fcm_project_id;
+extern char *mm_fcm_key_file;
+extern char *mm_fcm_token_url;
+extern char *mm_fcm_url;
+extern char *mm_apns_url;
+extern char *mm_apns_key_file;
+extern char *mm_apns_key_id;
+extern char *mm_apns_team_id;
+extern char *mm_apns_topic;
 
 /* how one attempt at a provider went */
 typedef enum MMResult
@@ -63,6 +76,7 @@ typedef struct MMOutcome
 	MMResult	result;
 	char	   *error;			/* palloc'd, NULL on success */
 	int			retry_after_ms; /* lower bound requested by the peer, or -1 */
+	bool		token_dead;		/* the push service rejected the push token */
 } MMOutcome;
 
 /* http.c: one libcurl multi handle serving every request */
@@ -78,10 +92,21 @@ typedef struct MMHttpResponse
 
 typedef void (*MMHttpDone) (const MMHttpResponse *resp, void *arg);
 
+/* a request beyond the plain JSON POST */
+typedef struct MMHttpSpec
+{
+	const char *url;
+	const char *body;
+	const char *const *headers; /* NULL-terminated "Name: value" list */
+	const char *content_type;	/* NULL: application/json */
+	bool		http2;			/* require HTTP/2 */
+} MMHttpSpec;
+
 extern void mm_http_init(void);
 extern void mm_http_post(const char *url, const char *body,
 						 const char *const *headers,
 						 MMHttpDone done, void *arg);
+extern void mm_http_request(const MMHttpSpec *spec, MMHttpDone done, void *arg);
 extern int	mm_http_inflight(void);
 extern int	mm_http_socket_count(void);
 extern int	mm_http_wait_setup(void *set);
@@ -96,6 +121,17 @@ extern bool mm_json_get_string(json_t *obj, const char *key,
 							   const char **value, size_t maxlen);
 extern char *mm_random_token(int nbytes);
 extern int64 mm_random_room_id(void);
+
+/* sign.c */
+extern char *mm_base64(const uint8 *data, size_t len, bool url);
+extern int	mm_base64_decode(const char *in, uint8 *out, size_t outlen);
+extern void mm_hmac_sha256(const uint8 *key, size_t keylen,
+						   const char *msg, size_t msglen, uint8 *out);
+extern struct evp_pkey_st *mm_load_private_key(const char *pem,
+											   const char **error);
+extern char *mm_jwt_sign(json_t *header, json_t *claims, struct evp_pkey_st *key,
+						 const char **error);
+extern char *mm_read_secret_file(const char *path, const char **error);
 
 /* room providers */
 typedef struct MMRoomJob
@@ -148,10 +184,20 @@ typedef struct MMPushJob
 typedef struct MMPushProvider
 {
 	const char *name;
+	/* start the requests; call mm_push_done(job) exactly once when over */
 	void		(*start) (MMPushJob *job);
+	/* forget cached credentials after a settings change, may be NULL */
+	void		(*reset) (void);
 } MMPushProvider;
 
 extern const MMPushProvider mm_push_webhook;
+extern const MMPushProvider mm_push_fcm;
+extern const MMPushProvider mm_push_apns;
+
+/* check hooks for key file settings (push_fcm.c, push_apns.c) */
+extern bool mm_check_fcm_key_file(char **newval, void **extra, GucSource source);
+extern bool mm_check_apns_key_file(char **newval, void **extra, GucSource source);
+extern bool mm_check_webhook_secret(char **newval, void **extra, GucSource source);
 extern void mm_push_done(MMPushJob *job);
 
 /* match.c */

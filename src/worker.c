@@ -68,6 +68,8 @@ static MemoryContext loop_context = NULL;
 static char *served_database = NULL;
 static char *served_room_url = NULL;
 static int	served_room_provider = -1;
+static char *served_push_settings = NULL;
+static int	served_push_provider = -1;
 static char *superuser_name = NULL;
 
 /* LISTEN connection to our own server */
@@ -99,9 +101,37 @@ room_provider(void)
 }
 
 static const MMPushProvider *
+push_provider_of(int kind)
+{
+	switch (kind)
+	{
+		case MM_PUSH_FCM:
+			return &mm_push_fcm;
+		case MM_PUSH_APNS:
+			return &mm_push_apns;
+		default:
+			return &mm_push_webhook;
+	}
+}
+
+static const MMPushProvider *
 push_provider(void)
 {
-	return &mm_push_webhook;
+	return push_provider_of(mm_push_provider);
+}
+
+/*
+ * The settings a push provider caches credentials from, as one string, so
+ * that a reload which changes none of them keeps the cached tokens (APNs
+ * throttles providers that renew their token too often).
+ */
+static char *
+push_settings(void)
+{
+	return psprintf("%d|%s|%s|%s|%s|%s|%s|%s|%s", mm_push_provider,
+					mm_fcm_project_id, mm_fcm_key_file, mm_fcm_token_url,
+					mm_fcm_url, mm_apns_key_file, mm_apns_key_id,
+					mm_apns_team_id, mm_apns_url);
 }
 
 /*
@@ -282,6 +312,15 @@ static Statement push_retry_stmt = {
 	3, {INT8OID, INT4OID, TEXTOID}
 };
 
+static Statement dead_token_stmt = {
+	"INSERT INTO matchmaker.dead_push_tokens (push_token, provider, reason) "
+	"VALUES ($1, $2, $3) "
+	"ON CONFLICT (push_token) DO UPDATE "
+	"SET provider = excluded.provider, reason = excluded.reason, "
+	"    created_at = now()",
+	3, {TEXTOID, TEXTOID, TEXTOID}
+};
+
 static Statement push_fail_stmt = {
 	"UPDATE matchmaker.outbox "
 	"SET status = 'failed', last_error = $2, claimed_by = NULL "
@@ -444,6 +483,15 @@ record_push(MMPushJob *job)
 	{
 		args[1] = CStringGetTextDatum(final_error(&job->outcome, job->attempts));
 		execute(&push_fail_stmt, args, SPI_OK_UPDATE);
+		if (job->outcome.token_dead)
+		{
+			Datum		dargs[3];
+
+			dargs[0] = CStringGetTextDatum(job->push_token);
+			dargs[1] = CStringGetTextDatum(push_provider()->name);
+			dargs[2] = args[1];
+			execute(&dead_token_stmt, dargs, SPI_OK_INSERT);
+		}
 	}
 }
 
@@ -1061,6 +1109,22 @@ reload_settings(void)
 		pfree(served_room_url);
 		served_room_url = MemoryContextStrdup(TopMemoryContext, mm_room_url);
 	}
+
+	{
+		char	   *now = push_settings();
+
+		if (strcmp(now, served_push_settings) != 0)
+		{
+			const MMPushProvider *old = push_provider_of(served_push_provider);
+
+			if (old->reset)
+				old->reset();
+			served_push_provider = mm_push_provider;
+			pfree(served_push_settings);
+			served_push_settings = MemoryContextStrdup(TopMemoryContext, now);
+		}
+		pfree(now);
+	}
 }
 
 /*
@@ -1099,6 +1163,8 @@ matchmaker_worker_main(Datum main_arg)
 	served_database = MemoryContextStrdup(TopMemoryContext, mm_database);
 	served_room_url = MemoryContextStrdup(TopMemoryContext, mm_room_url);
 	served_room_provider = mm_room_provider;
+	served_push_provider = mm_push_provider;
+	served_push_settings = MemoryContextStrdup(TopMemoryContext, push_settings());
 	mm_job_context = AllocSetContextCreate(TopMemoryContext,
 										   "matchmaker jobs",
 										   ALLOCSET_DEFAULT_SIZES);
