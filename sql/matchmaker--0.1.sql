@@ -213,7 +213,7 @@ CREATE TRIGGER intents_before_insert
 
 /*
  * Apps may only cancel a waiting intent; every other status change is the
- * worker's.  Catching a client that tries, for instance, to put a matched
+ * worker's, which runs as a superuser.  Catching a client that tries, for instance, to put a matched
  * intent back to waiting keeps the state machine honest.
  */
 CREATE FUNCTION matchmaker.intents_before_update()
@@ -230,6 +230,13 @@ BEGIN
 			OLD.id, OLD.status, NEW.status
 			USING ERRCODE = 'check_violation',
 				  HINT = 'Only a waiting intent can be cancelled.';
+	END IF;
+	IF NEW.status IS DISTINCT FROM OLD.status AND NEW.status <> 'cancelled' AND
+		current_setting('is_superuser') <> 'on' THEN
+		RAISE EXCEPTION 'only the matchmaker worker sets an intent to %',
+			NEW.status
+			USING ERRCODE = 'insufficient_privilege',
+				  HINT = 'Apps cancel an intent with status = ''cancelled''.';
 	END IF;
 	IF NEW.user_id IS DISTINCT FROM OLD.user_id OR
 		NEW.mood IS DISTINCT FROM OLD.mood THEN
@@ -367,7 +374,7 @@ COMMENT ON VIEW matchmaker.stats IS
 CREATE VIEW matchmaker.waiting AS
 	SELECT m.mood,
 		   count(i.id) AS waiting,
-		   coalesce(max(now() - i.created_at), '0'::interval) AS oldest_wait
+		   max(now() - i.created_at) AS oldest_wait
 	FROM matchmaker.moods m
 	LEFT JOIN matchmaker.intents i
 		ON i.mood = m.mood AND i.status = 'waiting'

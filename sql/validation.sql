@@ -59,6 +59,10 @@ WHERE user_id = 'app1' AND status = 'waiting';
 DELETE FROM matchmaker.intents WHERE user_id = 'app2' AND status = 'waiting';
 SELECT user_id, status FROM matchmaker.intents WHERE user_id LIKE 'app%';
 -- but not the worker's part
+INSERT INTO matchmaker.intents (user_id, mood, push_token)
+VALUES ('app3', 'happy', 'tok-a3');
+UPDATE matchmaker.intents SET status = 'expired'
+WHERE user_id = 'app3' AND status = 'waiting';
 SELECT count(*) FROM matchmaker.matches;
 UPDATE matchmaker.intents SET match_id = 1 WHERE user_id = 'app1';
 RESET ROLE;
