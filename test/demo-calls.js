@@ -116,8 +116,10 @@ async function main() {
 
   const printStatus = () => {
     const live = counts.verified - counts.destroyed - counts.destroyErrors;
-    console.log(`rooms verified ${counts.verified}, missing ${counts.missing}, check errors ${counts.errors},` +
-      ` destroyed ${counts.destroyed}, destroy errors ${counts.destroyErrors}, live ${live}`);
+    const problems = counts.missing + counts.errors + counts.destroyErrors;
+    console.log(`rooms ${counts.verified} on Janus, ${live} live` +
+      (problems > 0 ? `, ${counts.missing} missing, ${counts.errors} check errors,` +
+        ` ${counts.destroyErrors} destroy errors` : ''));
   };
   const statusTimer = setInterval(printStatus, STATUS_INTERVAL_MS);
 
