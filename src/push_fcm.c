@@ -16,9 +16,9 @@
  * FCM names its errors in error.details[].errorCode (the entry whose
  * @type is google.firebase.fcm.v1.FcmError), with error.status as the
  * fallback.  UNREGISTERED, SENDER_ID_MISMATCH and INVALID_ARGUMENT mean
- * the push token is dead; QUOTA_EXCEEDED, UNAVAILABLE and INTERNAL are
- * retried; a 401 without an FCM code means our access token was refused,
- * so it is dropped and the attempt retried with a new one.
+ * the push token is dead.  QUOTA_EXCEEDED, UNAVAILABLE and INTERNAL are
+ * retried.  A 401 without an FCM code means FCM rejected our access token,
+ * so the worker drops it and retries the push with a new one.
  *
  *-------------------------------------------------------------------------
  */

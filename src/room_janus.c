@@ -7,9 +7,9 @@
  * every "create" through it; creating a session per match would triple
  * the requests.  Jobs that arrive while the session is being set up wait
  * in a queue.  Janus drops a session after 60 s without requests, so an
- * idle session gets a keepalive every 25 s; if Janus forgot the session
- * anyway (restart, timeout), the error response shows it and the next job builds a
- * new one.
+ * idle session gets a keepalive every 25 s.  If Janus lost the session
+ * anyway (restart, timeout), its error response says so, and the next job
+ * builds a new session.
  *
  * Each room is private and checks tokens: its "allowed" list contains one
  * random token per user, and those tokens are what the users get pushed.

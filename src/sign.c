@@ -116,7 +116,7 @@ mm_hmac_sha256(const uint8 *key, size_t keylen, const char *msg, size_t msglen,
 
 /*
  * Load a PEM private key (PKCS#8 or traditional) from memory.  Returns
- * NULL and sets *error when the text holds no usable key.
+ * NULL and sets *error when the text contains no usable key.
  */
 EVP_PKEY *
 mm_load_private_key(const char *pem, const char **error)

@@ -1099,7 +1099,7 @@ reload_settings(void)
 	if (served_room_provider != mm_room_provider ||
 		strcmp(served_room_url, mm_room_url) != 0)
 	{
-		/* the old provider forgets its sessions; queued jobs retry */
+		/* the old provider drops its sessions, and queued jobs retry */
 		const MMRoomProvider *old = served_room_provider == MM_ROOM_HTTP ?
 			&mm_room_http : &mm_room_janus;
 
