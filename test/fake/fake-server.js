@@ -194,6 +194,7 @@ module.exports = {
   parseControl,
   parseJson,
   parsePort,
+  readBody,
   sendJson,
   sendText,
   serve,
