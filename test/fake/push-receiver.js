@@ -3,7 +3,12 @@
 
 // Fake webhook push receiver for the end-to-end tests.
 //
-//   node push-receiver.js --port N      (0 picks a free port)
+//   node push-receiver.js --port N [--webhook-secret whsec_...]
+//
+// --port 0 picks a free port. With a webhook secret, every delivery is
+// verified as a Standard Webhooks message with the standardwebhooks
+// package: webhook-id, webhook-timestamp (within 5 minutes of now) and a
+// v1 webhook-signature over the raw body.
 //
 // POST /push      records the delivery and responds 200, or what the
 //                 control rules say.
@@ -17,13 +22,19 @@
 //                 {"delayMs": M} delays every response by M ms.
 //                 {"to": PREFIX, ...} limits "fail" and "delayMs" to
 //                   deliveries whose body "to" starts with PREFIX.
-//                 {"reset": true} clears deliveries, rules and delays.
+//                 {"webhookSecret": "whsec_..."} verifies deliveries
+//                   from now on with that secret; null or "" stops it.
+//                 {"reset": true} clears deliveries, rules and delays,
+//                   and restores the secret of the command line.
 // GET /control    returns the rules in force.
 //
 // Each delivery records: seq, at (ms since the epoch when the request
 // arrived), method, url, headers (lower-case names), body (parsed JSON, or
-// the raw text when it is not JSON), rawBody, status (the status code sent).
+// the raw text when it is not JSON), rawBody, status (the status code sent)
+// and, when a secret is set, verified (true or false) and verifyError (the
+// verifier's message).
 
+const { Webhook } = require('standardwebhooks');
 const {
   RuleList,
   formatRetryAfter,
@@ -38,6 +49,26 @@ const {
 const deliveries = [];
 const rules = new RuleList();
 const delays = new Map();
+const startupSecret = parseSecret(process.argv);
+let webhook = startupSecret ? new Webhook(startupSecret) : undefined;
+
+// Return the --webhook-secret option, or undefined.
+function parseSecret(argv) {
+  const index = argv.indexOf('--webhook-secret');
+  return index >= 0 ? argv[index + 1] : undefined;
+}
+
+// Return a verifier for a whsec_ secret, or undefined for null or "".
+// Throws an Error for the client when the secret is invalid.
+function makeVerifier(secret) {
+  if (secret === null || secret === '') {
+    return undefined;
+  }
+  if (typeof secret !== 'string' || !secret.startsWith('whsec_')) {
+    throw new Error('"webhookSecret" must be "whsec_" followed by base64, null or ""');
+  }
+  return new Webhook(secret);
+}
 
 // Return the response delay for a push token: the delay of the longest
 // matching prefix, or 0.
@@ -64,6 +95,16 @@ async function receivePush(request, text, response) {
     rawBody: text,
     status: 200,
   };
+  if (webhook) {
+    try {
+      webhook.verify(text, request.headers);
+      delivery.verified = true;
+    } catch (error) {
+      delivery.verified = false;
+      delivery.verifyError = error.message;
+      console.log(`delivery ${delivery.seq} to "${to}": signature not verified: ${error.message}`);
+    }
+  }
   deliveries.push(delivery);
 
   const delay = delayFor(to);
@@ -86,9 +127,14 @@ async function receivePush(request, text, response) {
 }
 
 function control(text, response) {
+  const body = parseJson(text);
   let parsed;
+  let verifier;
   try {
-    parsed = parseControl(parseJson(text));
+    parsed = parseControl(body);
+    if (body.webhookSecret !== undefined) {
+      verifier = makeVerifier(body.webhookSecret);
+    }
   } catch (error) {
     sendJson(response, 400, { error: error.message });
     return;
@@ -97,6 +143,10 @@ function control(text, response) {
     deliveries.length = 0;
     rules.clear();
     delays.clear();
+    webhook = startupSecret ? new Webhook(startupSecret) : undefined;
+  }
+  if (body.webhookSecret !== undefined) {
+    webhook = verifier;
   }
   for (const rule of parsed.rules) {
     rules.add(rule);
