@@ -203,3 +203,29 @@ test('fcm 401 renews access token', { timeout: lib.TEST_TIMEOUT_MS }, async () =
   }
   assert.deepEqual(await deadTokens(pair.map((u) => u.token)), []);
 });
+
+test('fcm access token renewed early', { timeout: lib.TEST_TIMEOUT_MS }, async (t) => {
+  // Tokens that live 2 s. The first pair is refused once (the revoked
+  // token), and gets such a token.
+  await fcmControl({ expiresIn: 2, revokeTokens: true });
+  t.after(() => fcmControl({ expiresIn: 3599 }));
+  const first = await pairAndSettle('fcm-short');
+  const [firstPush] = (await fcmDeliveries(first.pair[0].token)).filter((d) => d.status === 200);
+  assert.ok(firstPush, 'the first pair must be delivered');
+
+  // By now the token is past the middle of its life, so the worker must
+  // fetch a new one before sending instead of running into a 401.
+  await lib.sleep(1500);
+  const before = await fcmTokenRequests();
+  const second = await pairAndSettle('fcm-renewed');
+
+  const fresh = (await fcmTokenRequests()).slice(before.length);
+  assert.ok(fresh.length >= 1, 'the worker must renew a token before it expires');
+  for (const [index, user] of second.pair.entries()) {
+    const row = second.rows[index];
+    assert.equal(row.status, 'sent', `outbox ${row.id}: last_error ${row.last_error}`);
+    const pushed = await fcmDeliveries(user.token);
+    assert.deepEqual(pushed.map((d) => d.status), [200], `${user.user}: sent with a valid token`);
+    assert.notEqual(pushed[0].accessToken, firstPush.accessToken);
+  }
+});
