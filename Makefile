@@ -8,6 +8,8 @@ OBJS = \
 	src/json.o \
 	src/room_janus.o \
 	src/room_http.o \
+	src/room_agora.o \
+	src/room_livekit.o \
 	src/push_webhook.o \
 	src/push_fcm.o \
 	src/push_apns.o \
@@ -18,9 +20,9 @@ DATA = sql/matchmaker--0.1.sql
 PGFILEDESC = "matchmaker - mood matchmaking worker"
 
 PG_CPPFLAGS = -I$(srcdir)/src -I$(shell $(PG_CONFIG) --includedir)
-SHLIB_LINK = -lpq -lcurl -ljansson -lcrypto
+SHLIB_LINK = -lpq -lcurl -ljansson -lcrypto -lz
 
-REGRESS = schema validation matching expiry stats push
+REGRESS = schema validation matching expiry stats push rooms
 REGRESS_OPTS = --temp-instance=tmp_check --temp-config=$(srcdir)/test/regress.conf
 ISOLATION = claim cancel
 ISOLATION_OPTS = --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/regress.conf
@@ -30,3 +32,6 @@ EXTRA_CLEAN = tmp_check tmp_check_iso results output_iso
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# every object depends on the shared header
+$(OBJS): $(srcdir)/src/matchmaker.h

@@ -54,6 +54,10 @@ CREATE TABLE matchmaker.matches (
 	last_error	text,
 	created_at	timestamptz NOT NULL DEFAULT now(),
 	ready_at	timestamptz,
+	-- set by matchmaker.end_match() when the call is over
+	ended_at	timestamptz,
+	-- when the worker destroyed the room (providers whose rooms need it)
+	room_closed_at timestamptz,
 	CONSTRAINT matches_pair
 		CHECK (cardinality(intent_ids) = 2 AND cardinality(user_ids) = 2),
 	CONSTRAINT matches_ready_has_room
@@ -62,6 +66,8 @@ CREATE TABLE matchmaker.matches (
 
 CREATE INDEX matches_due ON matchmaker.matches (next_attempt_at)
 	WHERE status = 'pending';
+CREATE INDEX matches_open_rooms ON matchmaker.matches (id)
+	WHERE plan IS NOT NULL AND room_closed_at IS NULL;
 
 CREATE TABLE matchmaker.intents (
 	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -351,6 +357,37 @@ RETURNS text
 LANGUAGE c STRICT IMMUTABLE
 AS 'MODULE_PATHNAME', 'matchmaker_webhook_signature';
 
+/*
+ * The app calls this when a call is over, so that the room is destroyed
+ * now rather than after matchmaker.room_lifetime.  Returns false if the
+ * match does not exist or had already ended.
+ */
+CREATE FUNCTION matchmaker.end_match(match_id bigint)
+RETURNS boolean
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH ended AS (
+		UPDATE matchmaker.matches SET ended_at = now()
+		WHERE id = match_id AND ended_at IS NULL
+		RETURNING 1
+	)
+	SELECT count(*) > 0 FROM ended
+$$;
+
+/*
+ * An Agora AccessToken2 RTC token with every input given, for checking
+ * the token builder against published vectors.
+ */
+CREATE FUNCTION matchmaker.agora_token(app_id text, certificate text,
+									   channel text, uid bigint,
+									   issue_ts bigint, expire integer,
+									   salt bigint, publisher boolean)
+RETURNS text
+LANGUAGE c STRICT IMMUTABLE
+AS 'MODULE_PATHNAME', 'matchmaker_agora_token';
+
 CREATE VIEW matchmaker.stats AS
 	SELECT 'intents'::text AS kind, i.mood AS key, i.status,
 		   count(*) AS count,
@@ -384,6 +421,10 @@ REVOKE ALL ON ALL TABLES IN SCHEMA matchmaker FROM PUBLIC;
 REVOKE ALL ON FUNCTION matchmaker.match_pass(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION matchmaker.expire_pass(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION matchmaker.webhook_signature(text, text, bigint, text)
+	FROM PUBLIC;
+REVOKE ALL ON FUNCTION matchmaker.end_match(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION matchmaker.agora_token(text, text, text, bigint, bigint,
+											  integer, bigint, boolean)
 	FROM PUBLIC;
 
 -- the seeded moods come back with CREATE EXTENSION; dump only the others

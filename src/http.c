@@ -284,6 +284,21 @@ mm_http_request(const MMHttpSpec *spec, MMHttpDone done, void *arg)
 						 (long) CURL_HTTP_VERSION_2TLS);
 		/* share one connection between concurrent requests */
 		curl_easy_setopt(easy, CURLOPT_PIPEWAIT, 1L);
+
+		/*
+		 * NOTE: libcurl before 8.0.0 breaks the second request on a reused
+		 * cleartext HTTP/2 connection ("Error in the HTTP2 framing layer"),
+		 * so there each such request gets a connection of its own.  Only
+		 * local test servers speak cleartext HTTP/2; TLS connections are
+		 * reused as usual.
+		 */
+		if (pg_strncasecmp(spec->url, "http:", 5) == 0 &&
+			curl_version_info(CURLVERSION_NOW)->version_num < 0x080000)
+		{
+			curl_easy_setopt(easy, CURLOPT_FORBID_REUSE, 1L);
+			curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT, 1L);
+			curl_easy_setopt(easy, CURLOPT_PIPEWAIT, 0L);
+		}
 	}
 
 	if (curl_multi_add_handle(multi, easy) != CURLM_OK)

@@ -47,10 +47,19 @@ char	   *mm_apns_key_file = NULL;
 char	   *mm_apns_key_id = NULL;
 char	   *mm_apns_team_id = NULL;
 char	   *mm_apns_topic = NULL;
+char	   *mm_agora_app_id = NULL;
+char	   *mm_agora_app_certificate = NULL;
+char	   *mm_livekit_url = NULL;
+char	   *mm_livekit_api_key = NULL;
+char	   *mm_livekit_api_secret = NULL;
+int			mm_room_token_ttl = 3600;
+int			mm_room_lifetime = 3600;
 
 static const struct config_enum_entry room_provider_options[] = {
 	{"janus", MM_ROOM_JANUS, false},
 	{"http", MM_ROOM_HTTP, false},
+	{"agora", MM_ROOM_AGORA, false},
+	{"livekit", MM_ROOM_LIVEKIT, false},
 	{NULL, 0, false}
 };
 
@@ -73,7 +82,7 @@ define_settings(void)
 							   NULL, NULL, NULL);
 
 	DefineCustomEnumVariable("matchmaker.room_provider",
-							 "Service that makes voice rooms: janus or http.",
+							 "Service that makes voice rooms: janus, http, agora or livekit.",
 							 NULL,
 							 &mm_room_provider,
 							 MM_ROOM_JANUS,
@@ -83,9 +92,9 @@ define_settings(void)
 
 	DefineCustomStringVariable("matchmaker.room_url",
 							   "URL of the room provider.",
-							   "For janus, the HTTP endpoint such as http://127.0.0.1:8088/janus.",
+							   "For janus, the HTTP endpoint such as http://127.0.0.1:8088/janus; for livekit, the server to create rooms on, or empty.",
 							   &mm_room_url,
-							   "http://127.0.0.1:8088/janus",
+							   "",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
 							   NULL, NULL, NULL);
 
@@ -263,6 +272,64 @@ define_settings(void)
 							   "",
 							   PGC_SIGHUP, 0,
 							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("matchmaker.agora_app_id",
+							   "Agora app id (32 hexadecimal characters).",
+							   NULL,
+							   &mm_agora_app_id,
+							   "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("matchmaker.agora_app_certificate",
+							   "Agora app certificate that signs the tokens.",
+							   NULL,
+							   &mm_agora_app_certificate,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("matchmaker.livekit_url",
+							   "LiveKit URL the apps connect to, pushed with each match.",
+							   NULL,
+							   &mm_livekit_url,
+							   "",
+							   PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("matchmaker.livekit_api_key",
+							   "LiveKit API key.",
+							   NULL,
+							   &mm_livekit_api_key,
+							   "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("matchmaker.livekit_api_secret",
+							   "LiveKit API secret that signs the tokens.",
+							   NULL,
+							   &mm_livekit_api_secret,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("matchmaker.room_token_ttl",
+							"How long an Agora or LiveKit join token is valid.",
+							NULL,
+							&mm_room_token_ttl,
+							3600, 60, 86400,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("matchmaker.room_lifetime",
+							"Longest a Janus room lives before the worker destroys it.",
+							"Rooms are destroyed sooner when matchmaker.end_match() is called.",
+							&mm_room_lifetime,
+							3600, 10, 7 * 86400,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("matchmaker");
 }

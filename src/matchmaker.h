@@ -28,7 +28,9 @@
 typedef enum MMRoomProviderKind
 {
 	MM_ROOM_JANUS,
-	MM_ROOM_HTTP
+	MM_ROOM_HTTP,
+	MM_ROOM_AGORA,
+	MM_ROOM_LIVEKIT
 } MMRoomProviderKind;
 
 typedef enum MMPushProviderKind
@@ -62,6 +64,13 @@ extern char *mm_apns_key_file;
 extern char *mm_apns_key_id;
 extern char *mm_apns_team_id;
 extern char *mm_apns_topic;
+extern char *mm_agora_app_id;
+extern char *mm_agora_app_certificate;
+extern char *mm_livekit_url;
+extern char *mm_livekit_api_key;
+extern char *mm_livekit_api_secret;
+extern int	mm_room_token_ttl;
+extern int	mm_room_lifetime;
 
 /* how one attempt at a provider went */
 typedef enum MMResult
@@ -131,7 +140,13 @@ extern struct evp_pkey_st *mm_load_private_key(const char *pem,
 											   const char **error);
 extern char *mm_jwt_sign(json_t *header, json_t *claims, struct evp_pkey_st *key,
 						 const char **error);
+extern char *mm_jwt_sign_hs256(json_t *header, json_t *claims,
+							   const char *secret);
 extern char *mm_read_secret_file(const char *path, const char **error);
+extern char *mm_agora_token(const char *app_id, const char *certificate,
+							const char *channel, uint32 uid, uint32 issue_ts,
+							uint32 expire, uint32 salt, bool publisher,
+							const char **error);
 
 /* room providers */
 typedef struct MMRoomJob
@@ -148,9 +163,20 @@ typedef struct MMRoomJob
 	MMOutcome	outcome;
 	char	   *room;
 	char	   *tokens[2];
+	json_t	   *extras[2];		/* more push fields per user, or NULL */
 
 	struct MMRoomJob *next;		/* worker's lists */
 } MMRoomJob;
+
+/* a room to destroy: its call ended or its lifetime ran out */
+typedef struct MMCloseJob
+{
+	int64		match_id;
+	json_t	   *plan;			/* matches.plan of the room */
+	MemoryContext cxt;			/* contains the job; deleted when recorded */
+	MMOutcome	outcome;
+	struct MMCloseJob *next;
+} MMCloseJob;
 
 typedef struct MMRoomProvider
 {
@@ -163,11 +189,16 @@ typedef struct MMRoomProvider
 	void		(*tick) (void);
 	/* forget cached state after a settings change, may be NULL */
 	void		(*reset) (void);
+	/* destroy a room; call mm_close_done(job) once; NULL if rooms need no closing */
+	void		(*close) (MMCloseJob *job);
 } MMRoomProvider;
 
 extern const MMRoomProvider mm_room_janus;
 extern const MMRoomProvider mm_room_http;
+extern const MMRoomProvider mm_room_agora;
+extern const MMRoomProvider mm_room_livekit;
 extern void mm_room_done(MMRoomJob *job);
+extern void mm_close_done(MMCloseJob *job);
 
 /* push providers */
 typedef struct MMPushJob
@@ -176,6 +207,7 @@ typedef struct MMPushJob
 	char	   *push_token;
 	char	   *payload;		/* the data object, as JSON text */
 	int			attempts;
+	int64		credential_stamp;	/* which provider credential was sent */
 	MemoryContext cxt;			/* contains the job; deleted when recorded */
 	MMOutcome	outcome;
 	struct MMPushJob *next;

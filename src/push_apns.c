@@ -8,8 +8,9 @@
  * ES256 provider token (a JWT signed with the team's .p8 key).  Apple
  * rejects tokens older than an hour and throttles providers that renew
  * more often than every 20 minutes, so the worker renews its token after
- * 50 minutes.  A 403 ExpiredProviderToken forces an early renewal, at
- * most once a minute, and the push is retried.
+ * 50 minutes.  A 403 ExpiredProviderToken forces an early renewal, once
+ * per rejected token however many pushes it failed, and the push is
+ * retried.
  *
  * 410 (Unregistered, ExpiredToken) and 400 BadDeviceToken or
  * DeviceTokenNotForTopic mean the device token is dead.  429 and 5xx are
@@ -31,11 +32,11 @@
 
 #define APNS_MAX_PAYLOAD		4096
 #define JWT_RENEW_AFTER_S		(50 * 60)
-#define JWT_FORCED_RENEW_MIN_S	60
 
 static EVP_PKEY *signing_key = NULL;
 static char *provider_token = NULL; /* in TopMemoryContext */
 static int64 provider_token_iat = 0;
+static int64 provider_token_generation = 0;	/* bumped per new token */
 
 static EVP_PKEY *
 load_key(const char *path, const char **error)
@@ -82,8 +83,8 @@ mm_check_apns_key_file(char **newval, void **extra, GucSource source)
 
 /*
  * Return the current provider token, making a new one when it is older
- * than 50 minutes or when force is set and it is older than a minute.
- * Returns NULL with *error set when the settings are incomplete.
+ * than 50 minutes or when force is set.  Returns NULL with *error set when
+ * the settings are incomplete.
  */
 static const char *
 current_token(bool force, const char **error)
@@ -92,8 +93,7 @@ current_token(bool force, const char **error)
 	int64		age = now - provider_token_iat;
 	char	   *jwt;
 
-	if (provider_token != NULL && age < JWT_RENEW_AFTER_S &&
-		!(force && age >= JWT_FORCED_RENEW_MIN_S))
+	if (provider_token != NULL && age < JWT_RENEW_AFTER_S && !force)
 		return provider_token;
 
 	if (mm_apns_key_file[0] == '\0' || mm_apns_key_id[0] == '\0' ||
@@ -119,6 +119,7 @@ current_token(bool force, const char **error)
 		pfree(provider_token);
 	provider_token = MemoryContextStrdup(TopMemoryContext, jwt);
 	provider_token_iat = now;
+	provider_token_generation++;
 	elog(DEBUG1, "matchmaker: new APNs provider token");
 	return provider_token;
 }
@@ -155,7 +156,9 @@ apns_answer(const MMHttpResponse *resp, void *arg)
 		{
 			const char *error;
 
-			(void) current_token(true, &error);
+			/* renew only if no other push has already done so */
+			if (job->credential_stamp == provider_token_generation)
+				(void) current_token(true, &error);
 			job->outcome.result = MM_RETRY;
 			job->outcome.retry_after_ms = 0;
 		}
@@ -236,6 +239,7 @@ apns_start(MMPushJob *job)
 	spec.url = psprintf("%s/3/device/%s", mm_apns_url, escaped ? escaped : "");
 	curl_free(escaped);
 
+	job->credential_stamp = provider_token_generation;
 	headers[0] = psprintf("authorization: bearer %s", token);
 	headers[1] = psprintf("apns-topic: %s", mm_apns_topic);
 	headers[2] = "apns-push-type: alert";

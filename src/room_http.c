@@ -79,6 +79,14 @@ http_room_start(MMRoomJob *job)
 {
 	json_t	   *req;
 
+	if (mm_room_url[0] == '\0')
+	{
+		job->outcome.result = MM_RETRY;
+		job->outcome.error = pstrdup("matchmaker.room_url is not set");
+		job->outcome.retry_after_ms = -1;
+		mm_room_done(job);
+		return;
+	}
 	req = json_pack("{s:I, s:s, s:[s, s]}",
 					"match_id", (json_int_t) job->match_id,
 					"mood", job->mood,
@@ -92,4 +100,5 @@ const MMRoomProvider mm_room_http = {
 	.start = http_room_start,
 	.tick = NULL,
 	.reset = NULL,
+	.close = NULL,
 };

@@ -21,9 +21,13 @@
  * Janus returns HTTP 200 even for errors: the result is the
  * "janus" field and, for plugin requests, plugindata.data.error_code.
  *
- * NOTE: rooms are created with permanent=false and never destroyed by
- * the worker; they live until Janus restarts.  Destroying a room when its
- * call ends needs a signal the app does not send yet.
+ * Rooms are created with permanent=false.  The worker destroys a room
+ * when the app ends the call (matchmaker.end_match()) or when the room has
+ * lived matchmaker.room_lifetime, whichever comes first; each AudioBridge
+ * room runs a mixer thread in Janus, so rooms must not pile up.  The room
+ * id and secret live in matches.plan, so rooms made before a crash are
+ * found and destroyed too.  Destroying a room Janus does not know (485)
+ * counts as done.
  *
  *-------------------------------------------------------------------------
  */
@@ -41,6 +45,7 @@
 #define JANUS_ERROR_SESSION_NOT_FOUND	458
 #define JANUS_ERROR_HANDLE_NOT_FOUND	459
 /* AudioBridge error codes */
+#define AUDIOBRIDGE_ERROR_NO_SUCH_ROOM	485
 #define AUDIOBRIDGE_ERROR_ROOM_EXISTS	486
 
 typedef enum JanusState
@@ -353,9 +358,93 @@ janus_make_plan(MMRoomJob *job)
 }
 
 static void
+close_answer(const MMHttpResponse *resp, void *arg)
+{
+	MMCloseJob *job = (MMCloseJob *) arg;
+	json_t	   *root;
+	json_t	   *data;
+	const char *verdict;
+	int			code;
+	int			plugin_code;
+
+	root = janus_parse(resp, &job->outcome, &code);
+	if (root == NULL)
+	{
+		if ((code == JANUS_ERROR_SESSION_NOT_FOUND ||
+			 code == JANUS_ERROR_HANDLE_NOT_FOUND) && state == JANUS_READY)
+			forget_session();
+		mm_close_done(job);
+		return;
+	}
+	data = json_object_get(json_object_get(root, "plugindata"), "data");
+	verdict = json_string_value(json_object_get(data, "audiobridge"));
+	plugin_code = (int) json_integer_value(json_object_get(data, "error_code"));
+	if ((verdict != NULL && strcmp(verdict, "destroyed") == 0) ||
+		plugin_code == AUDIOBRIDGE_ERROR_NO_SUCH_ROOM)
+		job->outcome.result = MM_OK;
+	else
+	{
+		const char *reason = json_string_value(json_object_get(data, "error"));
+
+		job->outcome.result = plugin_code != 0 ? MM_FAIL : MM_RETRY;
+		job->outcome.error = psprintf("AudioBridge destroy failed: %d %s",
+									  plugin_code,
+									  reason ? reason : "no reason given");
+	}
+	json_decref(root);
+	mm_close_done(job);
+}
+
+/*
+ * Destroy a room.  Without a ready session the job ends at once as a
+ * retry, and the next close pass tries again once the session is up.
+ */
+static void
+janus_close(MMCloseJob *job)
+{
+	json_t	   *body;
+
+	job->outcome.retry_after_ms = -1;
+	if (state != JANUS_READY)
+	{
+		if (state == JANUS_NONE && mm_room_url[0] != '\0')
+			janus_create_session();
+		job->outcome.result = MM_RETRY;
+		job->outcome.error = pstrdup("no Janus session yet");
+		mm_close_done(job);
+		return;
+	}
+	body = json_pack("{s:s, s:{s:s, s:O, s:O, s:b}}",
+					 "janus", "message",
+					 "body",
+					 "request", "destroy",
+					 "room", json_object_get(job->plan, "room"),
+					 "secret", json_object_get(job->plan, "secret"),
+					 "permanent", 0);
+	if (body == NULL)
+	{
+		job->outcome.result = MM_FAIL;
+		job->outcome.error = pstrdup("matches.plan has no room or secret");
+		mm_close_done(job);
+		return;
+	}
+	janus_post(psprintf("%s/%lld/%lld", mm_room_url,
+						(long long) session_id, (long long) handle_id),
+			   body, close_answer, job);
+}
+
+static void
 janus_start(MMRoomJob *job)
 {
 	job->next = NULL;
+	if (mm_room_url[0] == '\0')
+	{
+		job->outcome.result = MM_RETRY;
+		job->outcome.error = pstrdup("matchmaker.room_url is not set");
+		job->outcome.retry_after_ms = -1;
+		mm_room_done(job);
+		return;
+	}
 	if (state == JANUS_READY)
 	{
 		janus_create_room(job);
@@ -423,4 +512,5 @@ const MMRoomProvider mm_room_janus = {
 	.start = janus_start,
 	.tick = janus_tick,
 	.reset = janus_reset,
+	.close = janus_close,
 };

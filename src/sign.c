@@ -143,21 +143,41 @@ mm_load_private_key(const char *pem, const char **error)
  * key must be an RSA key (RS256) or a P-256 key (ES256).  Returns a
  * palloc'd compact token, or NULL with *error set.
  */
-char *
-mm_jwt_sign(json_t *header, json_t *claims, EVP_PKEY *key, const char **error)
+static char *
+signing_input(json_t *header, json_t *claims)
 {
 	char	   *h = mm_json_dump(header);
 	char	   *c = mm_json_dump(claims);
-	char	   *input;
+
+	return psprintf("%s.%s",
+					mm_base64((const uint8 *) h, strlen(h), true),
+					mm_base64((const uint8 *) c, strlen(c), true));
+}
+
+/*
+ * Build an HS256 JWT from a header and claims object (both consumed),
+ * keyed with the bytes of secret as they are.
+ */
+char *
+mm_jwt_sign_hs256(json_t *header, json_t *claims, const char *secret)
+{
+	char	   *input = signing_input(header, claims);
+	uint8		mac[32];
+
+	mm_hmac_sha256((const uint8 *) secret, strlen(secret), input,
+				   strlen(input), mac);
+	return psprintf("%s.%s", input, mm_base64(mac, sizeof(mac), true));
+}
+
+char *
+mm_jwt_sign(json_t *header, json_t *claims, EVP_PKEY *key, const char **error)
+{
+	char	   *input = signing_input(header, claims);
 	EVP_MD_CTX *ctx;
 	uint8		sig[512];
 	size_t		siglen = sizeof(sig);
 	bool		ec = (EVP_PKEY_base_id(key) == EVP_PKEY_EC);
 	char	   *encoded;
-
-	input = psprintf("%s.%s",
-					 mm_base64((const uint8 *) h, strlen(h), true),
-					 mm_base64((const uint8 *) c, strlen(c), true));
 
 	ctx = EVP_MD_CTX_new();
 	if (ctx == NULL ||

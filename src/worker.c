@@ -82,6 +82,11 @@ static bool extension_ready = false;
 /* finished jobs waiting to be recorded */
 static MMRoomJob *rooms_done = NULL;
 static MMPushJob *pushes_done = NULL;
+static MMCloseJob *closes_done = NULL;
+
+/* matches whose room is being destroyed right now */
+static int64 *closing = NULL;
+static int	nclosing = 0;
 static int	jobs_inflight = 0;
 
 /* work that may be waiting beyond what the last claim took */
@@ -95,9 +100,25 @@ static char *last_txn_error = NULL;
 typedef void (*TxnBody) (void *arg);
 
 static const MMRoomProvider *
+room_provider_of(int kind)
+{
+	switch (kind)
+	{
+		case MM_ROOM_HTTP:
+			return &mm_room_http;
+		case MM_ROOM_AGORA:
+			return &mm_room_agora;
+		case MM_ROOM_LIVEKIT:
+			return &mm_room_livekit;
+		default:
+			return &mm_room_janus;
+	}
+}
+
+static const MMRoomProvider *
 room_provider(void)
 {
-	return mm_room_provider == MM_ROOM_HTTP ? &mm_room_http : &mm_room_janus;
+	return room_provider_of(mm_room_provider);
 }
 
 static const MMPushProvider *
@@ -250,12 +271,13 @@ static Statement room_ready_stmt = {
 	") "
 	"INSERT INTO matchmaker.outbox (intent_id, match_id, push_token, payload) "
 	"SELECT i.id, m.id, i.push_token, "
+	"       coalesce($4::jsonb -> i.user_id, '{}') || "
 	"       jsonb_build_object('type', 'match', 'intent_id', i.id, "
 	"                          'match_id', m.id, 'mood', m.mood, "
 	"                          'room', $2, 'token', $3::jsonb ->> i.user_id) "
 	"FROM m JOIN matchmaker.intents i ON i.match_id = m.id "
 	"ORDER BY i.id",
-	3, {INT8OID, TEXTOID, TEXTOID}
+	4, {INT8OID, TEXTOID, TEXTOID, TEXTOID}
 };
 
 static Statement room_retry_stmt = {
@@ -398,6 +420,13 @@ mm_room_done(MMRoomJob *job)
 }
 
 void
+mm_close_done(MMCloseJob *job)
+{
+	job->next = closes_done;
+	closes_done = job;
+}
+
+void
 mm_push_done(MMPushJob *job)
 {
 	job->next = pushes_done;
@@ -420,7 +449,7 @@ final_error(const MMOutcome *out, int attempts)
 static void
 record_room(MMRoomJob *job)
 {
-	Datum		args[3];
+	Datum		args[4];
 
 	args[0] = Int64GetDatum(job->match_id);
 	if (job->outcome.result == MM_OK)
@@ -431,10 +460,16 @@ record_room(MMRoomJob *job)
 		 */
 		json_t	   *tokens = json_pack("{}");
 
+		json_t	   *extras = json_pack("{}");
+
 		json_object_set_new(tokens, job->users[0], json_string(job->tokens[0]));
 		json_object_set_new(tokens, job->users[1], json_string(job->tokens[1]));
+		for (int i = 0; i < 2; i++)
+			if (job->extras[i])
+				json_object_set(extras, job->users[i], job->extras[i]);
 		args[1] = CStringGetTextDatum(job->room);
 		args[2] = CStringGetTextDatum(mm_json_dump(tokens));
+		args[3] = CStringGetTextDatum(mm_json_dump(extras));
 		execute(&room_ready_stmt, args, SPI_OK_INSERT);
 		want_pushes = true;
 		elog(DEBUG1, "matchmaker: match " INT64_FORMAT " has room %s",
@@ -604,6 +639,9 @@ record_outcomes(void)
 
 		if (rooms->plan)
 			json_decref(rooms->plan);
+		for (int i = 0; i < 2; i++)
+			if (rooms->extras[i])
+				json_decref(rooms->extras[i]);
 		MemoryContextDelete(rooms->cxt);
 		rooms = next;
 	}
@@ -843,6 +881,180 @@ claim_and_start(void)
 		}
 		else
 			want_pushes = false;
+	}
+}
+
+/* ---------------------------------------------------------------------
+ * Closing rooms
+ * ---------------------------------------------------------------------
+ */
+static Statement close_due_stmt = {
+	"SELECT id, plan::text FROM matchmaker.matches "
+	"WHERE plan IS NOT NULL AND room_closed_at IS NULL "
+	"  AND ((status = 'ready' AND (ended_at IS NOT NULL "
+	"        OR ready_at < now() - $2 * interval '1 second')) "
+	"       OR status = 'failed') "
+	"  AND NOT (id = ANY ($3)) "
+	"ORDER BY id LIMIT $1",
+	3, {INT4OID, INT4OID, INT8ARRAYOID}
+};
+
+static Statement closed_stmt = {
+	"UPDATE matchmaker.matches SET room_closed_at = now() WHERE id = ANY ($1)",
+	1, {INT8ARRAYOID}
+};
+
+typedef struct CloseClaim
+{
+	int			limit;
+	MMCloseJob *jobs;
+} CloseClaim;
+
+static Datum
+int8_array_datum(int64 *values, int n)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+		elems[i] = Int64GetDatum(values[i]);
+	return PointerGetDatum(construct_array(elems, n, INT8OID, 8,
+										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+static void
+close_due_body(void *arg)
+{
+	CloseClaim *claim = (CloseClaim *) arg;
+	Datum		args[3];
+	SPITupleTable *tuptable;
+	uint64		n;
+
+	args[0] = Int32GetDatum(claim->limit);
+	args[1] = Int32GetDatum(mm_room_lifetime);
+	args[2] = int8_array_datum(closing, nclosing);
+	execute(&close_due_stmt, args, SPI_OK_SELECT);
+	n = SPI_processed;
+	tuptable = SPI_tuptable;
+	for (uint64 i = 0; i < n; i++)
+	{
+		MemoryContext cxt = new_job_context("matchmaker close job");
+		MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+		MMCloseJob *job = palloc0(sizeof(MMCloseJob));
+		bool		isnull;
+
+		job->cxt = cxt;
+		job->match_id = DatumGetInt64(SPI_getbinval(tuptable->vals[i],
+													tuptable->tupdesc, 1,
+													&isnull));
+		job->plan = json_loads(SPI_getvalue(tuptable->vals[i],
+											tuptable->tupdesc, 2), 0, NULL);
+		job->outcome.retry_after_ms = -1;
+		MemoryContextSwitchTo(oldcxt);
+		job->next = claim->jobs;
+		claim->jobs = job;
+	}
+}
+
+/*
+ * Destroy rooms whose call ended or whose lifetime ran out, and rooms of
+ * failed matches, for providers whose rooms need it.  Runs on the poll
+ * timer; a close that fails is tried again on a later pass.
+ */
+static void
+run_closing(void)
+{
+	const MMRoomProvider *provider = room_provider();
+	CloseClaim	claim = {0};
+	int			free_slots = mm_max_inflight - jobs_inflight;
+
+	if (provider->close == NULL || free_slots <= 0)
+		return;
+	if (closing == NULL)
+		closing = MemoryContextAlloc(TopMemoryContext,
+									 sizeof(int64) * 1000);
+	claim.limit = Min(Max(1, free_slots / 4), 1000 - nclosing);
+	if (claim.limit <= 0 ||
+		!run_transaction("find rooms to destroy", close_due_body, &claim))
+		return;
+
+	for (MMCloseJob *job = claim.jobs, *next; job; job = next)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
+
+		next = job->next;
+		job->next = NULL;
+		closing[nclosing++] = job->match_id;
+		jobs_inflight++;
+		if (job->plan == NULL)
+		{
+			job->outcome.result = MM_FAIL;
+			job->outcome.error = pstrdup("matches.plan is not valid JSON");
+			mm_close_done(job);
+		}
+		else
+			provider->close(job);
+		MemoryContextSwitchTo(oldcxt);
+	}
+}
+
+static void
+record_closes_body(void *arg)
+{
+	int64	   *done = (int64 *) arg;
+	int			n = 0;
+
+	for (MMCloseJob *job = closes_done; job; job = job->next)
+		if (job->outcome.result != MM_RETRY)
+			done[n++] = job->match_id;
+	if (n > 0)
+	{
+		Datum		a = int8_array_datum(done, n);
+
+		execute(&closed_stmt, &a, SPI_OK_UPDATE);
+	}
+}
+
+/*
+ * Record finished closes: a destroyed room, or one that cannot be
+ * destroyed, is marked closed; a close to retry stays due.
+ */
+static void
+record_closes(void)
+{
+	int64	   *done;
+	int			n = 0;
+
+	if (closes_done == NULL)
+		return;
+	for (MMCloseJob *job = closes_done; job; job = job->next)
+	{
+		n++;
+		jobs_inflight--;
+		if (job->outcome.result == MM_FAIL)
+			ereport(WARNING,
+					(errmsg("matchmaker could not destroy the room of match " INT64_FORMAT ": %s",
+							job->match_id, job->outcome.error)));
+		else if (job->outcome.result == MM_RETRY)
+			warn_failing(0, room_provider()->name, job->outcome.error ?
+						 job->outcome.error : "unknown error");
+		/* drop it from the in-flight list */
+		for (int i = 0; i < nclosing; i++)
+			if (closing[i] == job->match_id)
+			{
+				closing[i] = closing[--nclosing];
+				break;
+			}
+	}
+	done = palloc(sizeof(int64) * n);
+	run_transaction("record destroyed rooms", record_closes_body, done);
+	while (closes_done)
+	{
+		MMCloseJob *next = closes_done->next;
+
+		if (closes_done->plan)
+			json_decref(closes_done->plan);
+		MemoryContextDelete(closes_done->cxt);
+		closes_done = next;
 	}
 }
 
@@ -1100,8 +1312,7 @@ reload_settings(void)
 		strcmp(served_room_url, mm_room_url) != 0)
 	{
 		/* the old provider drops its sessions, and queued jobs retry */
-		const MMRoomProvider *old = served_room_provider == MM_ROOM_HTTP ?
-			&mm_room_http : &mm_room_janus;
+		const MMRoomProvider *old = room_provider_of(served_room_provider);
 
 		if (old->reset)
 			old->reset();
@@ -1139,7 +1350,7 @@ sleep_ms(TimestampTz next_poll)
 	TimestampTz now = GetCurrentTimestamp();
 	bool		slots_free = jobs_inflight < mm_max_inflight;
 
-	if (rooms_done || pushes_done ||
+	if (rooms_done || pushes_done || closes_done ||
 		(extension_ready &&
 		 (want_match || (slots_free && (want_rooms || want_pushes)))))
 		return 0;
@@ -1235,6 +1446,7 @@ matchmaker_worker_main(Datum main_arg)
 
 		mm_http_perform();
 		record_outcomes();
+		record_closes();
 
 		if (!extension_ready)
 		{
@@ -1255,6 +1467,7 @@ matchmaker_worker_main(Datum main_arg)
 		{
 			want_match = want_rooms = want_pushes = true;
 			run_expiry();
+			run_closing();
 			if (room_provider()->tick)
 				room_provider()->tick();
 		}
