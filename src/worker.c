@@ -93,6 +93,7 @@ static int	jobs_inflight = 0;
 static bool want_match = true;
 static bool want_rooms = true;
 static bool want_pushes = true;
+static bool want_closes = true;
 
 /* the error of the last failed transaction, for the row it concerns */
 static char *last_txn_error = NULL;
@@ -907,6 +908,7 @@ static Statement closed_stmt = {
 typedef struct CloseClaim
 {
 	int			limit;
+	int			claimed;
 	MMCloseJob *jobs;
 } CloseClaim;
 
@@ -952,13 +954,16 @@ close_due_body(void *arg)
 		MemoryContextSwitchTo(oldcxt);
 		job->next = claim->jobs;
 		claim->jobs = job;
+		claim->claimed++;
 	}
 }
 
 /*
  * Destroy rooms whose call ended or whose lifetime ran out, and rooms of
  * failed matches, for providers whose rooms need it.  Runs on the poll
- * timer; a close that fails is tried again on a later pass.
+ * timer, and again while a pass finds a full batch; a close that fails is
+ * tried again on a later pass.  Half the free request slots at most go to
+ * closes, so that new rooms and pushes go first.
  */
 static void
 run_closing(void)
@@ -967,15 +972,17 @@ run_closing(void)
 	CloseClaim	claim = {0};
 	int			free_slots = mm_max_inflight - jobs_inflight;
 
+	want_closes = false;
 	if (provider->close == NULL || free_slots <= 0)
 		return;
 	if (closing == NULL)
 		closing = MemoryContextAlloc(TopMemoryContext,
 									 sizeof(int64) * 1000);
-	claim.limit = Min(Max(1, free_slots / 4), 1000 - nclosing);
+	claim.limit = Min(Max(1, free_slots / 2), 1000 - nclosing);
 	if (claim.limit <= 0 ||
 		!run_transaction("find rooms to destroy", close_due_body, &claim))
 		return;
+	want_closes = (claim.claimed == claim.limit);
 
 	for (MMCloseJob *job = claim.jobs, *next; job; job = next)
 	{
@@ -1035,8 +1042,12 @@ record_closes(void)
 					(errmsg("matchmaker could not destroy the room of match " INT64_FORMAT ": %s",
 							job->match_id, job->outcome.error)));
 		else if (job->outcome.result == MM_RETRY)
+		{
+			/* wait for the next poll rather than spin on a failing Janus */
+			want_closes = false;
 			warn_failing(0, room_provider()->name, job->outcome.error ?
 						 job->outcome.error : "unknown error");
+		}
 		/* drop it from the in-flight list */
 		for (int i = 0; i < nclosing; i++)
 			if (closing[i] == job->match_id)
@@ -1352,7 +1363,8 @@ sleep_ms(TimestampTz next_poll)
 
 	if (rooms_done || pushes_done || closes_done ||
 		(extension_ready &&
-		 (want_match || (slots_free && (want_rooms || want_pushes)))))
+		 (want_match ||
+		  (slots_free && (want_rooms || want_pushes || want_closes)))))
 		return 0;
 	ms = (now >= next_poll) ? 0 : (long) ((next_poll - now + 999) / 1000);
 	if (curl_ms >= 0 && curl_ms < ms)
@@ -1467,13 +1479,15 @@ matchmaker_worker_main(Datum main_arg)
 		{
 			want_match = want_rooms = want_pushes = true;
 			run_expiry();
-			run_closing();
+			want_closes = true;
 			if (room_provider()->tick)
 				room_provider()->tick();
 		}
 		if (want_match)
 			run_matching();
 		claim_and_start();
+		if (want_closes)
+			run_closing();
 
 		/* a failed transaction may mean the extension went away */
 		if (last_txn_error && poll_due)

@@ -3,26 +3,24 @@
 
 // Plays the apps' side of each call while test/demo runs. As soon as a
 // match is ready, it checks on Janus that the match's room exists. Once the
-// simulated call is over, it destroys the room, as an app would when its
-// users hang up.
+// simulated call is over, it ends the match with matchmaker.end_match(), as
+// an app would when its users hang up, and the worker destroys the room.
 //
 //   node test/demo-calls.js --record FILE [--call-seconds S]
 //
-// The worker never destroys a room, and Janus 1.1.2 (Debian 12) runs one
-// thread per AudioBridge room. Measured on a 2-core machine: 1,000 idle
-// private rooms meant 1,013 Janus threads using 76% of one core. By
-// estimate from that figure, at 100 rooms/s the rooms alone take both
-// cores within about 30 s. With S = 0 the rooms stay until Janus stops.
+// Janus 1.1.2 (Debian 12) runs one thread per AudioBridge room. Measured
+// on a 2-core machine: 1,000 idle private rooms meant 1,013 Janus threads
+// using 76% of one core, so rooms must be destroyed soon after their call.
+// With S = 0 no call ends, and rooms stay until matchmaker.room_lifetime.
 //
-// Each check and destroy is appended to FILE as one JSON line, which
+// Each check and end is appended to FILE as one JSON line, which
 // test/demo-summary.js reads:
 //   {"match": 7, "room": "123", "exists": true, "checkedAt": <ms>}
 //   {"match": 7, "room": "123", "error": "<why the check failed>"}
-//   {"match": 7, "room": "123", "destroyed": true}
-//   {"match": 7, "room": "123", "destroyError": "<why it failed>"}
+//   {"match": 7, "room": "123", "ended": true}
+//   {"match": 7, "room": "123", "endError": "<why it failed>"}
 // Every 5 s it prints a status line on stdout. On SIGTERM or SIGINT it
-// stops polling, finishes the checks in flight and exits; rooms whose call
-// has not ended stay on Janus.
+// stops polling, finishes the checks in flight and exits.
 
 const fs = require('node:fs');
 const {
@@ -30,6 +28,7 @@ const {
   JanusClient,
   closeConnections,
   forEachBounded,
+  queryJson,
   queryRows,
   requireEnv,
 } = require('./demo-lib.js');
@@ -62,7 +61,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 async function main() {
   const options = parseArgs(process.argv);
   const janus = await JanusClient.connect(requireEnv('MM_JANUS_URL'));
-  const counts = { verified: 0, missing: 0, errors: 0, destroyed: 0, destroyErrors: 0 };
+  const counts = { verified: 0, missing: 0, errors: 0, ended: 0, endErrors: 0 };
   const seen = new Set();
   const callTimers = new Set();
   const endingCalls = new Set();
@@ -70,16 +69,36 @@ async function main() {
 
   const record = (entry) => fs.appendFileSync(options.record, `${JSON.stringify(entry)}\n`);
 
-  // End the call: destroy the room with the secret the worker chose.
-  const endCall = async (match) => {
-    try {
-      await janus.destroyRoom(match.room, match.secret);
-      counts.destroyed++;
-      record({ match: match.id, room: match.room, destroyed: true });
-    } catch (error) {
-      counts.destroyErrors++;
-      record({ match: match.id, room: match.room, destroyError: error.message });
+  // End calls in batches: one psql run ends every call that is over.
+  let toEnd = [];
+  const endCalls = async () => {
+    const batch = toEnd;
+    toEnd = [];
+    if (batch.length === 0) {
+      return;
     }
+    const ids = batch.map((match) => Number(match.id)).join(',');
+    try {
+      await queryJson(`SELECT to_json(count(*)) FROM unnest('{${ids}}'::bigint[]) AS id
+                       WHERE matchmaker.end_match(id)`);
+      for (const match of batch) {
+        counts.ended++;
+        record({ match: match.id, room: match.room, ended: true });
+      }
+    } catch (error) {
+      for (const match of batch) {
+        counts.endErrors++;
+        record({ match: match.id, room: match.room, endError: error.message });
+      }
+    }
+  };
+  const endTimer = setInterval(() => {
+    const ending = endCalls();
+    endingCalls.add(ending);
+    ending.finally(() => endingCalls.delete(ending));
+  }, 500);
+  const endCall = (match) => {
+    toEnd.push(match);
   };
 
   const checkRoom = async (match) => {
@@ -100,9 +119,7 @@ async function main() {
     if (options.callSeconds > 0) {
       const timer = setTimeout(() => {
         callTimers.delete(timer);
-        const ending = endCall(match);
-        endingCalls.add(ending);
-        ending.finally(() => endingCalls.delete(ending));
+        endCall(match);
       }, options.callSeconds * 1000);
       callTimers.add(timer);
     }
@@ -115,11 +132,10 @@ async function main() {
   process.on('SIGINT', stop);
 
   const printStatus = () => {
-    const live = counts.verified - counts.destroyed - counts.destroyErrors;
-    const problems = counts.missing + counts.errors + counts.destroyErrors;
-    console.log(`rooms ${counts.verified} on Janus, ${live} live` +
+    const problems = counts.missing + counts.errors + counts.endErrors;
+    console.log(`rooms ${counts.verified} on Janus, ${counts.ended} calls ended` +
       (problems > 0 ? `, ${counts.missing} missing, ${counts.errors} check errors,` +
-        ` ${counts.destroyErrors} destroy errors` : ''));
+        ` ${counts.endErrors} end errors` : ''));
   };
   const statusTimer = setInterval(printStatus, STATUS_INTERVAL_MS);
 
@@ -154,6 +170,7 @@ async function main() {
   for (const timer of callTimers) {
     clearTimeout(timer);
   }
+  clearInterval(endTimer);
   await Promise.all(endingCalls);
   clearInterval(statusTimer);
   printStatus();

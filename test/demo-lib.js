@@ -179,6 +179,7 @@ module.exports = {
   JanusClient,
   closeConnections,
   forEachBounded,
+  queryJson,
   queryRows,
   requestJson,
   requireEnv,

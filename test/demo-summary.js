@@ -57,7 +57,7 @@ async function readDatabase() {
              (extract(epoch FROM created_at) * 1000)::float8 AS created_ms
       FROM matchmaker.intents`),
     matches: await queryRows(`
-      SELECT id, status, room, intent_ids
+      SELECT id, status, room, intent_ids, room_closed_at IS NOT NULL AS closed
       FROM matchmaker.matches`),
     pushes: await queryRows(`
       SELECT id, intent_id, match_id, status, payload->>'type' AS type
@@ -69,25 +69,25 @@ async function readDatabase() {
 // Returns an empty map when there is no file.
 function readCallRecords(path) {
   const checks = new Map();
-  let destroyed = 0;
-  let destroyErrors = 0;
+  let ended = 0;
+  let endErrors = 0;
   if (path === null || !fs.existsSync(path)) {
-    return { checks, destroyed, destroyErrors };
+    return { checks, ended, endErrors };
   }
   for (const line of fs.readFileSync(path, 'utf8').split('\n')) {
     if (line === '') {
       continue;
     }
     const entry = JSON.parse(line);
-    if (entry.destroyed) {
-      destroyed++;
-    } else if (entry.destroyError !== undefined) {
-      destroyErrors++;
+    if (entry.ended) {
+      ended++;
+    } else if (entry.endError !== undefined) {
+      endErrors++;
     } else {
       checks.set(String(entry.match), entry);
     }
   }
-  return { checks, destroyed, destroyErrors };
+  return { checks, ended, endErrors };
 }
 
 // Ask Janus whether each room exists, through a session and AudioBridge
@@ -348,7 +348,8 @@ async function main() {
     `rooms     ${verifiedEarly.length + verifiedLate} of ${readyMatches.length} ready matches have their room on Janus` +
       ` (${missingRooms} missing, ${rooms.errors.length} failed requests)`,
     `          ${verifiedEarly.length} checked when the match became ready, ${verifiedLate} at the end;` +
-      ` ${calls.destroyed} destroyed when the simulated call ended (${calls.destroyErrors} destroy errors)`,
+      ` ${calls.ended} calls ended (${calls.endErrors} errors), ${db.matches.filter((m) => m.closed).length}` +
+      ' rooms destroyed by the worker',
     `pushes    database: ${formatCounts(pushCounts, ['sent', 'pending', 'failed'])}`,
     `          receiver: ${received.first.size} delivered (distinct webhook-id): ${matchPushes} match, ${expiredPushes} expired;` +
       ` ${received.duplicates} duplicate deliveries`,
