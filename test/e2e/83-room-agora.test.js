@@ -24,23 +24,26 @@ const OTHER_CERTIFICATE = 'a'.repeat(32);
 const VECTOR_TOKEN = '007eJxTYBBbsMMnKq7p9Hf/HcIX5kce9b518kCiQgSr5Zrp4X1Tu6UUGCzNDZwdjU1TUs0Mkk1MzExMk5ISUy0SjQxNDcwMk4yN3b8IMEQwMTAwMoAwBIL4CgzmKeZGxmamqUmWFsYmFqbGluapxqnGaZYpJmYGSSkpiVwMRhYWRsYmhkbmxgDCaiTj';
 
 const DEFAULT_TTL = 3600;
-const AGORA_SETTINGS = ['matchmaker.room_provider', 'matchmaker.agora_app_id',
-  'matchmaker.agora_app_certificate', 'matchmaker.room_token_ttl'];
+// Every test that pairs users sets all of these, and they are reset once
+// at the end.
+const AGORA_SETTINGS = {
+  'matchmaker.room_provider': 'agora',
+  'matchmaker.agora_app_id': APP_ID,
+  'matchmaker.agora_app_certificate': APP_CERTIFICATE,
+  'matchmaker.room_token_ttl': DEFAULT_TTL,
+  'matchmaker.max_attempts': 2,
+  'matchmaker.retry_base': 100,
+};
 
 const JOIN = ServiceRtc.kPrivilegeJoinChannel;
 const PUBLISHER_PRIVILEGES = [JOIN, ServiceRtc.kPrivilegePublishAudioStream,
   ServiceRtc.kPrivilegePublishVideoStream, ServiceRtc.kPrivilegePublishDataStream];
 
 test.before(lib.resetAllSettings);
+test.after(() => lib.resetSettings(Object.keys(AGORA_SETTINGS)));
 
-function useAgora(t, extra = {}) {
-  t.after(() => lib.resetSettings(AGORA_SETTINGS));
-  return lib.setSettings({
-    'matchmaker.room_provider': 'agora',
-    'matchmaker.agora_app_id': APP_ID,
-    'matchmaker.agora_app_certificate': APP_CERTIFICATE,
-    ...extra,
-  });
+function useAgora(extra = {}) {
+  return lib.setSettings({ ...AGORA_SETTINGS, ...extra });
 }
 
 function u32le(value) {
@@ -142,31 +145,25 @@ function nowSeconds() {
   return Math.floor(Date.now() / 1000);
 }
 
-test('agora match pushes signed tokens', { timeout: lib.TEST_TIMEOUT_MS }, async (t) => {
-  await useAgora(t);
+test('agora match pushes signed tokens', { timeout: lib.TEST_TIMEOUT_MS }, async () => {
+  await useAgora();
   const before = nowSeconds();
   const result = await pairAndPush('agora');
   const after = nowSeconds();
   await checkAgoraMatch(result, DEFAULT_TTL, before, after);
 });
 
-test('agora token ttl setting honoured', { timeout: lib.TEST_TIMEOUT_MS }, async (t) => {
+test('agora token ttl setting honoured', { timeout: lib.TEST_TIMEOUT_MS }, async () => {
   const ttl = 600;
-  await useAgora(t, { 'matchmaker.room_token_ttl': ttl });
+  await useAgora({ 'matchmaker.room_token_ttl': ttl });
   const before = nowSeconds();
   const result = await pairAndPush('agora-ttl');
   const after = nowSeconds();
   await checkAgoraMatch(result, ttl, before, after);
 });
 
-test('invalid agora app id fails match', { timeout: lib.TEST_TIMEOUT_MS }, async (t) => {
-  const names = ['matchmaker.max_attempts', 'matchmaker.retry_base'];
-  t.after(() => lib.resetSettings(names));
-  await useAgora(t, {
-    'matchmaker.agora_app_id': 'not-an-app-id',
-    'matchmaker.max_attempts': 2,
-    'matchmaker.retry_base': 100,
-  });
+test('invalid agora app id fails match', { timeout: lib.TEST_TIMEOUT_MS }, async () => {
+  await useAgora({ 'matchmaker.agora_app_id': 'not-an-app-id' });
   const result = await pairAndPush('agora-badid');
   assert.equal(result.match.status, 'failed');
   assert.match(result.match.last_error ?? '', /32 hexadecimal/);
