@@ -417,6 +417,15 @@ CREATE VIEW matchmaker.waiting AS
 		ON i.mood = m.mood AND i.status = 'waiting'
 	GROUP BY m.mood;
 
+/*
+ * Ids start from the install time in milliseconds, so that they stay
+ * unique across DROP and CREATE EXTENSION: receivers drop duplicates by
+ * webhook-id (the outbox id), and room names derive from match ids.
+ */
+SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence('matchmaker.' || t, 'id'),
+						 (extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+FROM unnest(ARRAY['intents', 'matches', 'outbox']) AS t;
+
 REVOKE ALL ON ALL TABLES IN SCHEMA matchmaker FROM PUBLIC;
 REVOKE ALL ON FUNCTION matchmaker.match_pass(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION matchmaker.expire_pass(integer) FROM PUBLIC;

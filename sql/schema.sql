@@ -1,6 +1,13 @@
 -- The extension's objects and the defaults operators rely on.
 CREATE EXTENSION matchmaker;
 
+-- ids start from the install time; the tests restart them for stable output
+SELECT min(last_value) > 1600000000000 AS ids_from_install_time
+FROM pg_sequences WHERE schemaname = 'matchmaker';
+ALTER TABLE matchmaker.intents ALTER COLUMN id RESTART WITH 1;
+ALTER TABLE matchmaker.matches ALTER COLUMN id RESTART WITH 1;
+ALTER TABLE matchmaker.outbox ALTER COLUMN id RESTART WITH 1;
+
 SELECT mood FROM matchmaker.moods ORDER BY mood;
 
 -- the worker's settings exist and have their documented defaults
@@ -30,5 +37,7 @@ INSERT INTO matchmaker.moods (mood) VALUES ('Not A Mood');
 ALTER SYSTEM SET matchmaker.intent_ttl = 0;
 ALTER SYSTEM SET matchmaker.room_provider = 'zoom';
 ALTER SYSTEM SET matchmaker.push_provider = 'carrier-pigeon';
+ALTER SYSTEM SET matchmaker.push_url = 'file:///etc/passwd';
+ALTER SYSTEM SET matchmaker.room_url = 'gopher://127.0.0.1/janus';
 -- and are for the server's configuration, not sessions
 SET matchmaker.intent_ttl = 30;

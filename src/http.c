@@ -159,8 +159,10 @@ parse_retry_after(const char *value, size_t len)
 	{
 		errno = 0;
 		secs = strtol(buf, &end, 10);
-		if (*end != '\0' || errno != 0)
+		if (*end != '\0')
 			return -1;
+		if (errno == ERANGE)
+			secs = LONG_MAX;	/* capped below */
 	}
 	else
 	{
@@ -205,8 +207,13 @@ mm_http_init(void)
 				 errmsg("could not create a libcurl multi handle")));
 	curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
 	curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_cb);
-	curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, 64L);
-	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, 128L);
+	/*
+	 * No per-host cap: a request queued inside libcurl would spend its
+	 * timeouts waiting for a connection.  matchmaker.max_inflight is the
+	 * limit instead.
+	 */
+	curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
+	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, 1000L);
 }
 
 /*
@@ -380,11 +387,18 @@ finish(CURL *easy, CURLcode code)
 	memset(&resp, 0, sizeof(resp));
 	curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &resp.status);
 	resp.curl_code = (int) code;
-	if (code != CURLE_OK)
+	if (code == CURLE_WRITE_ERROR && req->too_large)
 	{
-		if (req->too_large)
-			resp.curl_error = "response larger than 1 MB";
-		else if (req->errbuf[0] != '\0')
+		/*
+		 * The status line came; only the body was cut short.  Judge by the
+		 * status, and let a provider that needs the body find it invalid.
+		 */
+		resp.curl_code = CURLE_OK;
+		resp.truncated = true;
+	}
+	else if (code != CURLE_OK)
+	{
+		if (req->errbuf[0] != '\0')
 			resp.curl_error = req->errbuf;
 		else
 			resp.curl_error = curl_easy_strerror(code);
@@ -467,17 +481,11 @@ mm_http_classify(const MMHttpResponse *resp, MMOutcome *out)
 	if (resp->curl_code != CURLE_OK)
 	{
 		out->error = psprintf("%s", resp->curl_error);
-		switch (resp->curl_code)
-		{
-			case CURLE_URL_MALFORMAT:
-			case CURLE_UNSUPPORTED_PROTOCOL:
-			case CURLE_WRITE_ERROR:
-				out->result = MM_FAIL;
-				break;
-			default:
-				out->result = MM_RETRY;
-				break;
-		}
+		/*
+		 * Every transport error is retried, a bad URL too: it is a
+		 * setting an operator can fix before attempts run out.
+		 */
+		out->result = MM_RETRY;
 		return;
 	}
 

@@ -33,12 +33,19 @@ PG_FUNCTION_INFO_V1(matchmaker_match_pass);
 static SPIPlanPtr select_plan = NULL;
 static SPIPlanPtr pair_plan = NULL;
 
+/*
+ * Only intents with another waiting intent in their mood are read, so
+ * that a batch full of lone waiters cannot hide pairs further on.
+ */
 static const char *select_sql =
-"SELECT id, user_id, mood FROM matchmaker.intents "
-"WHERE status = 'waiting' AND expires_at > now() "
-"ORDER BY mood, id "
+"SELECT i.id, i.user_id, i.mood FROM matchmaker.intents i "
+"WHERE i.status = 'waiting' AND i.expires_at > now() "
+"  AND EXISTS (SELECT 1 FROM matchmaker.intents o "
+"              WHERE o.mood = i.mood AND o.status = 'waiting' "
+"                AND o.id <> i.id AND o.expires_at > now()) "
+"ORDER BY i.mood, i.id "
 "LIMIT $1 "
-"FOR UPDATE SKIP LOCKED";
+"FOR UPDATE OF i SKIP LOCKED";
 
 static const char *pair_sql =
 "WITH pairs AS ("

@@ -70,6 +70,21 @@ static const struct config_enum_entry push_provider_options[] = {
 	{NULL, 0, false}
 };
 
+/*
+ * Check hook for URL settings: empty (not configured) or http(s).  Other
+ * schemes would fail every request, so they are rejected at reload.
+ */
+static bool
+check_url(char **newval, void **extra, GucSource source)
+{
+	if (*newval == NULL || **newval == '\0' ||
+		pg_strncasecmp(*newval, "http://", 7) == 0 ||
+		pg_strncasecmp(*newval, "https://", 8) == 0)
+		return true;
+	GUC_check_errdetail("The URL must start with http:// or https://.");
+	return false;
+}
+
 static void
 define_settings(void)
 {
@@ -96,7 +111,7 @@ define_settings(void)
 							   &mm_room_url,
 							   "",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
-							   NULL, NULL, NULL);
+							   check_url, NULL, NULL);
 
 	DefineCustomEnumVariable("matchmaker.push_provider",
 							 "Service that delivers pushes: webhook, fcm or apns.",
@@ -113,7 +128,7 @@ define_settings(void)
 							   &mm_push_url,
 							   "http://127.0.0.1:8089/push",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
-							   NULL, NULL, NULL);
+							   check_url, NULL, NULL);
 
 	DefineCustomIntVariable("matchmaker.intent_ttl",
 							"How long a waiting intent lives.",
@@ -223,7 +238,7 @@ define_settings(void)
 							   &mm_fcm_token_url,
 							   "https://oauth2.googleapis.com/token",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
-							   NULL, NULL, NULL);
+							   check_url, NULL, NULL);
 
 	DefineCustomStringVariable("matchmaker.fcm_url",
 							   "Base URL of the FCM HTTP v1 API.",
@@ -231,7 +246,7 @@ define_settings(void)
 							   &mm_fcm_url,
 							   "https://fcm.googleapis.com",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
-							   NULL, NULL, NULL);
+							   check_url, NULL, NULL);
 
 	DefineCustomStringVariable("matchmaker.apns_url",
 							   "Base URL of Apple's push service.",
@@ -239,7 +254,7 @@ define_settings(void)
 							   &mm_apns_url,
 							   "https://api.push.apple.com",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
-							   NULL, NULL, NULL);
+							   check_url, NULL, NULL);
 
 	DefineCustomStringVariable("matchmaker.apns_key_file",
 							   "Path of the APNs signing key (.p8).",

@@ -77,7 +77,8 @@ typedef enum MMResult
 {
 	MM_OK,						/* done */
 	MM_RETRY,					/* try again later */
-	MM_FAIL						/* give up: retrying cannot help */
+	MM_FAIL,					/* give up: retrying cannot help */
+	MM_STALE					/* the row is gone: record nothing */
 } MMResult;
 
 typedef struct MMOutcome
@@ -97,6 +98,7 @@ typedef struct MMHttpResponse
 	const char *body;			/* NUL-terminated, may be empty */
 	size_t		body_len;
 	int			retry_after_ms; /* parsed Retry-After, or -1 */
+	bool		truncated;		/* body cut at MM_MAX_RESPONSE */
 } MMHttpResponse;
 
 typedef void (*MMHttpDone) (const MMHttpResponse *resp, void *arg);
@@ -157,6 +159,7 @@ typedef struct MMRoomJob
 	json_t	   *plan;			/* provider state persisted in matches.plan */
 	bool		plan_is_new;	/* plan must be saved before the request */
 	int			attempts;
+	Oid			extension;		/* the extension the row was claimed from */
 	MemoryContext cxt;			/* contains the job; deleted when recorded */
 
 	/* filled in by the provider */
@@ -173,6 +176,7 @@ typedef struct MMCloseJob
 {
 	int64		match_id;
 	json_t	   *plan;			/* matches.plan of the room */
+	Oid			extension;		/* the extension the row was read from */
 	MemoryContext cxt;			/* contains the job; deleted when recorded */
 	MMOutcome	outcome;
 	struct MMCloseJob *next;
@@ -208,6 +212,7 @@ typedef struct MMPushJob
 	char	   *payload;		/* the data object, as JSON text */
 	int			attempts;
 	int64		credential_stamp;	/* which provider credential was sent */
+	Oid			extension;		/* the extension the row was claimed from */
 	MemoryContext cxt;			/* contains the job; deleted when recorded */
 	MMOutcome	outcome;
 	struct MMPushJob *next;

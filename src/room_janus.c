@@ -433,10 +433,35 @@ janus_close(MMCloseJob *job)
 			   body, close_answer, job);
 }
 
+/*
+ * True if a plan has the shape janus_make_plan() gives it.  A plan read
+ * back from the table may have been edited by hand.
+ */
+static bool
+plan_is_valid(json_t *plan)
+{
+	json_t	   *tokens = json_object_get(plan, "tokens");
+
+	return json_is_integer(json_object_get(plan, "room")) &&
+		json_integer_value(json_object_get(plan, "room")) > 0 &&
+		json_is_string(json_object_get(plan, "secret")) &&
+		json_array_size(tokens) == 2 &&
+		json_is_string(json_array_get(tokens, 0)) &&
+		json_is_string(json_array_get(tokens, 1));
+}
+
 static void
 janus_start(MMRoomJob *job)
 {
 	job->next = NULL;
+	if (!plan_is_valid(job->plan))
+	{
+		job->outcome.result = MM_FAIL;
+		job->outcome.error = pstrdup("matches.plan is damaged: it needs a room id, a secret and two tokens");
+		job->outcome.retry_after_ms = -1;
+		mm_room_done(job);
+		return;
+	}
 	if (mm_room_url[0] == '\0')
 	{
 		job->outcome.result = MM_RETRY;

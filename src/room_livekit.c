@@ -85,9 +85,15 @@ create_answer(const MMHttpResponse *resp, void *arg)
 		const char *msg = json_string_value(json_object_get(root, "msg"));
 
 		if (code != NULL)
+		{
 			job->outcome.error = psprintf("LiveKit CreateRoom failed: %.50s (HTTP %ld)%s%.200s",
 										  code, resp->status,
 										  msg ? ": " : "", msg ? msg : "");
+			/* Twirp sends rate limiting as 403 resource_exhausted */
+			if (strcmp(code, "resource_exhausted") == 0 ||
+				strcmp(code, "unavailable") == 0)
+				job->outcome.result = MM_RETRY;
+		}
 		json_decref(root);
 	}
 	mm_room_done(job);

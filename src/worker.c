@@ -97,6 +97,10 @@ static bool want_closes = true;
 
 /* the error of the last failed transaction, for the row it concerns */
 static char *last_txn_error = NULL;
+static int	last_txn_errcode = 0;
+
+/* the extension the current claims belong to; see record_outcomes() */
+static Oid	claim_extension = InvalidOid;
 
 typedef void (*TxnBody) (void *arg);
 
@@ -218,6 +222,7 @@ run_transaction(const char *activity, TxnBody body, void *arg)
 		if (last_txn_error)
 			pfree(last_txn_error);
 		last_txn_error = MemoryContextStrdup(TopMemoryContext, edata->message);
+		last_txn_errcode = edata->sqlerrcode;
 		ereport(WARNING,
 				(errmsg("matchmaker worker could not %s: %s",
 						activity, edata->message)));
@@ -438,6 +443,23 @@ mm_push_done(MMPushJob *job)
  * Return the error text a failed row keeps.  After the last attempt it
  * includes the number of attempts.
  */
+/*
+ * Turn a retry the peer wants to delay beyond matchmaker.retry_max into a
+ * failure: waiting that long would leave users in limbo, and retrying
+ * sooner would ignore Retry-After.
+ */
+static void
+limit_retry_after(MMOutcome *out)
+{
+	if (out->result == MM_RETRY && out->retry_after_ms > mm_retry_max)
+	{
+		out->error = psprintf("provider asked to retry after %d s, longer than matchmaker.retry_max: %s",
+							  out->retry_after_ms / 1000,
+							  out->error ? out->error : "no error given");
+		out->result = MM_FAIL;
+	}
+}
+
 static const char *
 final_error(const MMOutcome *out, int attempts)
 {
@@ -452,6 +474,9 @@ record_room(MMRoomJob *job)
 {
 	Datum		args[4];
 
+	if (job->outcome.result == MM_STALE)
+		return;
+	limit_retry_after(&job->outcome);
 	args[0] = Int64GetDatum(job->match_id);
 	if (job->outcome.result == MM_OK)
 	{
@@ -500,6 +525,9 @@ record_push(MMPushJob *job)
 {
 	Datum		args[3];
 
+	if (job->outcome.result == MM_STALE)
+		return;
+	limit_retry_after(&job->outcome);
 	args[0] = Int64GetDatum(job->outbox_id);
 	if (job->outcome.result == MM_OK)
 	{
@@ -531,13 +559,26 @@ record_push(MMPushJob *job)
 	}
 }
 
-/* All finished jobs in one transaction; sent pushes in one statement. */
+/*
+ * All finished jobs in one transaction; sent pushes in one statement.
+ * Outcomes of jobs claimed from an extension that has since been dropped
+ * (and maybe created again, with new rows under the same ids) are
+ * dropped.
+ */
 static void
 record_all_body(void *arg)
 {
 	int			nsent = 0;
 	int			nmax = 0;
 	Datum	   *sent;
+	Oid			current = get_extension_oid("matchmaker", true);
+
+	for (MMRoomJob *job = rooms_done; job != NULL; job = job->next)
+		if (job->extension != current)
+			job->outcome.result = MM_STALE;
+	for (MMPushJob *job = pushes_done; job != NULL; job = job->next)
+		if (job->extension != current)
+			job->outcome.result = MM_STALE;
 
 	for (MMRoomJob *job = rooms_done; job != NULL; job = job->next)
 		record_room(job);
@@ -549,7 +590,7 @@ record_all_body(void *arg)
 	{
 		if (job->outcome.result == MM_OK)
 			sent[nsent++] = Int64GetDatum(job->outbox_id);
-		else
+		else if (job->outcome.result != MM_STALE)
 			record_push(job);
 	}
 	if (nsent > 0)
@@ -603,11 +644,14 @@ record_outcomes(void)
 		/*
 		 * Something in the batch is bad.  Record each outcome alone; one
 		 * that fails again marks its row failed with the error it raised.
+		 * A row locked by someone else (lock_timeout) is left as it is: its
+		 * lease runs out and it is tried again.
 		 */
 		for (MMRoomJob *job = rooms; job; job = job->next)
 		{
 			if (!run_transaction("record a room outcome",
-								 record_one_room_body, job))
+								 record_one_room_body, job) &&
+				last_txn_errcode != ERRCODE_LOCK_NOT_AVAILABLE)
 			{
 				job->outcome.result = MM_FAIL;
 				job->outcome.error = MemoryContextStrdup(job->cxt,
@@ -619,7 +663,8 @@ record_outcomes(void)
 		for (MMPushJob *job = pushes; job; job = job->next)
 		{
 			if (!run_transaction("record a push outcome",
-								 record_one_push_body, job))
+								 record_one_push_body, job) &&
+				last_txn_errcode != ERRCODE_LOCK_NOT_AVAILABLE)
 			{
 				job->outcome.result = MM_FAIL;
 				job->outcome.error = MemoryContextStrdup(job->cxt,
@@ -681,6 +726,7 @@ claim_rooms_body(void *arg)
 	SPITupleTable *tuptable;
 	uint64		n;
 
+	claim_extension = get_extension_oid("matchmaker", true);
 	args[0] = Int32GetDatum(claim->limit);
 	args[1] = Int32GetDatum(lease_ms());
 	execute(&claim_rooms_stmt, args, SPI_OK_UPDATE_RETURNING);
@@ -698,6 +744,7 @@ claim_rooms_body(void *arg)
 		char	   *plan;
 
 		job->cxt = cxt;
+		job->extension = claim_extension;
 		job->match_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		job->mood = SPI_getvalue(tup, desc, 2);
 		job->users[0] = SPI_getvalue(tup, desc, 3);
@@ -734,6 +781,7 @@ claim_pushes_body(void *arg)
 	SPITupleTable *tuptable;
 	uint64		n;
 
+	claim_extension = get_extension_oid("matchmaker", true);
 	args[0] = Int32GetDatum(claim->limit);
 	args[1] = Int32GetDatum(lease_ms());
 	execute(&claim_pushes_stmt, args, SPI_OK_UPDATE_RETURNING);
@@ -750,6 +798,7 @@ claim_pushes_body(void *arg)
 		bool		isnull;
 
 		job->cxt = cxt;
+		job->extension = claim_extension;
 		job->outbox_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		job->push_token = SPI_getvalue(tup, desc, 2);
 		job->payload = SPI_getvalue(tup, desc, 3);
@@ -931,6 +980,7 @@ close_due_body(void *arg)
 	SPITupleTable *tuptable;
 	uint64		n;
 
+	claim_extension = get_extension_oid("matchmaker", true);
 	args[0] = Int32GetDatum(claim->limit);
 	args[1] = Int32GetDatum(mm_room_lifetime);
 	args[2] = int8_array_datum(closing, nclosing);
@@ -945,6 +995,7 @@ close_due_body(void *arg)
 		bool		isnull;
 
 		job->cxt = cxt;
+		job->extension = claim_extension;
 		job->match_id = DatumGetInt64(SPI_getbinval(tuptable->vals[i],
 													tuptable->tupdesc, 1,
 													&isnull));
@@ -1009,9 +1060,10 @@ record_closes_body(void *arg)
 {
 	int64	   *done = (int64 *) arg;
 	int			n = 0;
+	Oid			current = get_extension_oid("matchmaker", true);
 
 	for (MMCloseJob *job = closes_done; job; job = job->next)
-		if (job->outcome.result != MM_RETRY)
+		if (job->outcome.result != MM_RETRY && job->extension == current)
 			done[n++] = job->match_id;
 	if (n > 0)
 	{
@@ -1114,8 +1166,12 @@ run_matching(void)
 		}
 		if (res.made > 0)
 			want_rooms = true;
-		/* a full batch means more may be waiting */
-		want_match = (res.scanned >= mm_batch_size);
+		/*
+		 * A full batch that made pairs means more may be waiting.  One that
+		 * made none (its rows' partners are locked elsewhere) waits for
+		 * the next wake-up instead of spinning.
+		 */
+		want_match = (res.scanned >= mm_batch_size && res.made > 0);
 		if (!want_match)
 			return;
 	}
@@ -1382,6 +1438,12 @@ matchmaker_worker_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 
 	BackgroundWorkerInitializeConnection(mm_database, NULL, 0);
+
+	/*
+	 * An app transaction that holds a row lock must not stall the worker:
+	 * its statements give up after a second, and the row is retried.
+	 */
+	SetConfigOption("lock_timeout", "1000", PGC_SUSET, PGC_S_OVERRIDE);
 
 	served_database = MemoryContextStrdup(TopMemoryContext, mm_database);
 	served_room_url = MemoryContextStrdup(TopMemoryContext, mm_room_url);
