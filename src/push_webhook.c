@@ -66,21 +66,14 @@ sign(const uint8 *key, int keylen, const char *id, int64 timestamp,
 }
 
 /*
- * Check hook for matchmaker.webhook_secret.  The message never repeats
- * the value, since the value is the secret.
+ * Check hook for matchmaker.webhook_secret.  It accepts every value:
+ * rejecting one would make the server print it in the error, and the
+ * value is the secret.  A malformed secret is reported, without its
+ * value, by each delivery that needs it.
  */
 bool
 mm_check_webhook_secret(char **newval, void **extra, GucSource source)
 {
-	uint8		key[WEBHOOK_KEY_MAX];
-
-	if (*newval == NULL || **newval == '\0')
-		return true;
-	if (decode_secret(*newval, key) < 0)
-	{
-		GUC_check_errdetail("The secret must be \"whsec_\" followed by 24 to 64 bytes in base64.");
-		return false;
-	}
 	return true;
 }
 
@@ -129,7 +122,16 @@ webhook_start(MMPushJob *job)
 	id = psprintf(INT64_FORMAT, job->outbox_id);
 	headers[0] = psprintf("webhook-id: %s", id);
 	headers[1] = NULL;
-	keylen = mm_webhook_secret[0] ? decode_secret(mm_webhook_secret, key) : -1;
+	keylen = mm_webhook_secret[0] ? decode_secret(mm_webhook_secret, key) : 0;
+	if (keylen < 0)
+	{
+		/* do not send unsigned what the receiver expects signed */
+		job->outcome.result = MM_RETRY;
+		job->outcome.error = pstrdup("matchmaker.webhook_secret is malformed: it must be \"whsec_\" followed by 24 to 64 bytes in base64");
+		job->outcome.retry_after_ms = -1;
+		mm_push_done(job);
+		return;
+	}
 	if (keylen > 0)
 	{
 		int64		now = (int64) time(NULL);
