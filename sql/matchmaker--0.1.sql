@@ -287,25 +287,20 @@ CREATE TRIGGER intents_before_delete
 	FOR EACH ROW EXECUTE FUNCTION matchmaker.intents_before_delete();
 
 /*
- * Wake the worker.  The payload is empty: the notification only says
- * "look again", and identical notifications within one transaction fold
- * into one.  The worker also scans on a timer, so a lost notification
- * costs at most one poll interval.
+ * Wake the worker.  With the library preloaded, the inserting transaction
+ * sets the worker's latch when it commits; otherwise it sends an empty
+ * NOTIFY on channel "matchmaker", which the worker LISTENs for.  Either
+ * way the signal only says "look again", and the worker also scans on a
+ * timer, so a lost wake-up costs at most one poll interval.
  */
-CREATE FUNCTION matchmaker.intents_notify()
+CREATE FUNCTION matchmaker.intents_wake()
 RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	PERFORM pg_notify('matchmaker', '');
-	RETURN NULL;
-END
-$$;
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'matchmaker_intents_wake';
 
-CREATE TRIGGER intents_notify
+CREATE TRIGGER intents_wake
 	AFTER INSERT ON matchmaker.intents
-	FOR EACH STATEMENT EXECUTE FUNCTION matchmaker.intents_notify();
+	FOR EACH STATEMENT EXECUTE FUNCTION matchmaker.intents_wake();
 
 /*
  * One matching pass: pairs waiting intents of the same mood, oldest first,

@@ -12,9 +12,16 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
+#include "commands/async.h"
+#include "commands/trigger.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
 #include "utils/guc.h"
 
 #include "matchmaker.h"
@@ -22,6 +29,82 @@
 PG_MODULE_MAGIC;
 
 void		_PG_init(void);
+
+PG_FUNCTION_INFO_V1(matchmaker_intents_wake);
+
+/*
+ * Waking the worker.  An inserting transaction sets the worker's latch when
+ * it commits.  NOTIFY would do the same job, but it takes a global lock at
+ * commit and so serialises every inserting transaction; the latch costs
+ * nothing.  Without shared memory (the library not in
+ * shared_preload_libraries) there is no worker to find, and the trigger
+ * falls back to NOTIFY, which the worker also LISTENs for.
+ */
+MMShared   *mm_shared = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+static bool wake_at_commit = false;
+
+static void
+request_shmem(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(MMShared)));
+}
+
+static void
+startup_shmem(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	mm_shared = ShmemInitStruct("matchmaker", sizeof(MMShared), &found);
+	if (!found)
+		pg_atomic_init_u32(&mm_shared->worker_procno, 0);
+	LWLockRelease(AddinShmemInitLock);
+}
+
+static void
+wake_worker_at_commit(XactEvent event, void *arg)
+{
+	uint32		procno;
+
+	if (!wake_at_commit)
+		return;
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
+	{
+		procno = pg_atomic_read_u32(&mm_shared->worker_procno);
+		if (procno != 0)
+			SetLatch(&ProcGlobal->allProcs[procno - 1].procLatch);
+		wake_at_commit = false;
+	}
+	else if (event == XACT_EVENT_ABORT ||
+			 event == XACT_EVENT_PARALLEL_ABORT)
+		wake_at_commit = false;
+}
+
+/*
+ * matchmaker.intents_wake(): statement-level AFTER INSERT trigger on
+ * matchmaker.intents.
+ */
+Datum
+matchmaker_intents_wake(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("matchmaker.intents_wake() must be called as a trigger")));
+
+	if (mm_shared != NULL)
+		wake_at_commit = true;
+	else
+		Async_Notify("matchmaker", "");
+	return PointerGetDatum(NULL);
+}
 
 char	   *mm_database = NULL;
 int			mm_room_provider = MM_ROOM_JANUS;
@@ -358,6 +441,12 @@ _PG_init(void)
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = request_shmem;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = startup_shmem;
+	RegisterXactCallback(wake_worker_at_commit, NULL);
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS |

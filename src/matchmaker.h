@@ -15,6 +15,7 @@
 #define MATCHMAKER_H
 
 #include "lib/stringinfo.h"
+#include "port/atomics.h"
 #include "utils/guc.h"
 
 #include <jansson.h>
@@ -236,6 +237,14 @@ extern bool mm_check_fcm_key_file(char **newval, void **extra, GucSource source)
 extern bool mm_check_apns_key_file(char **newval, void **extra, GucSource source);
 extern bool mm_check_webhook_secret(char **newval, void **extra, GucSource source);
 extern void mm_push_done(MMPushJob *job);
+
+/* shared memory (matchmaker.c): how inserting backends find the worker */
+typedef struct MMShared
+{
+	pg_atomic_uint32 worker_procno; /* worker's pgprocno + 1, or 0 */
+} MMShared;
+
+extern MMShared *mm_shared;
 
 /* match.c */
 extern int	mm_match_pass(int max_intents, int *scanned);

@@ -43,6 +43,7 @@
 #include "postmaster/postmaster.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/proc.h"
 #include "tcop/tcopprot.h"
 /* PostgreSQL's SQL function json_object clashes with jansson's */
 #define json_object pg_sql_json_object
@@ -1349,6 +1350,14 @@ listener_close(int code, Datum arg)
 	listener = NULL;
 }
 
+/* Stop inserting backends from setting this process's latch. */
+static void
+unregister_worker(int code, Datum arg)
+{
+	if (mm_shared)
+		pg_atomic_write_u32(&mm_shared->worker_procno, 0);
+}
+
 /* ---------------------------------------------------------------------
  * Main loop
  * ---------------------------------------------------------------------
@@ -1458,6 +1467,11 @@ matchmaker_worker_main(Datum main_arg)
 										 ALLOCSET_DEFAULT_SIZES);
 	mm_http_init();
 	on_proc_exit(listener_close, (Datum) 0);
+	if (mm_shared)
+	{
+		pg_atomic_write_u32(&mm_shared->worker_procno, MyProc->pgprocno + 1);
+		on_shmem_exit(unregister_worker, (Datum) 0);
+	}
 
 	if (!run_transaction("start up", startup_body, NULL))
 		proc_exit(1);
@@ -1498,7 +1512,11 @@ matchmaker_worker_main(Datum main_arg)
 		for (int i = 0; i < nfired; i++)
 		{
 			if (events[i].events & WL_LATCH_SET)
+			{
+				/* inserting transactions set the latch when they commit */
 				ResetLatch(MyLatch);
+				want_match = true;
+			}
 			else if (events[i].user_data == &listener_marker)
 			{
 				if (listener_drain())
