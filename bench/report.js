@@ -1,0 +1,259 @@
+#!/usr/bin/env node
+'use strict';
+
+// Combines the phase files that bench/run wrote into one results
+// directory: prints the table of figures, and writes results.json (every
+// figure with its goal and the raw phase data) and summary.txt (the table
+// and the conditions of the run).
+//
+//   node bench/report.js DIR
+//
+// Exit status: 0 when the report was written, whether or not the goals
+// were met; 2 when a phase file is missing or unreadable.
+
+const fs = require('node:fs');
+const path = require('node:path');
+
+function readJson(dir, name) {
+  const file = path.join(dir, name);
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (error) {
+    throw new Error(`cannot read ${file}: ${error.message}`);
+  }
+}
+
+const integer = new Intl.NumberFormat('en-US', { maximumFractionDigits: 0 });
+
+function fixed(value, digits) {
+  return value === null || value === undefined || Number.isNaN(value) ? '-' : value.toFixed(digits);
+}
+
+function megabytes(kb) {
+  return kb / 1024;
+}
+
+function signed(value, digits) {
+  return `${value >= 0 ? '+' : ''}${value.toFixed(digits)}`;
+}
+
+// Compute every figure, its goal and whether the run met it.
+function computeFigures(phases) {
+  const { r1, r2, latency, slow, memory } = phases;
+  const pair = latency.pairToPushMs;
+  const insert = latency.insertToPushMs;
+  const anonGrowthMb = megabytes(memory.rssAnonAfterKb - memory.rssAnonBeforeKb);
+  const rssGrowthMb = megabytes(memory.rssAfterKb - memory.rssBeforeKb);
+  const shmemGrowthMb = megabytes(memory.rssShmemAfterKb - memory.rssShmemBeforeKb);
+  return {
+    insertCost: {
+      value: r1.intentRate / r1.bareRate,
+      goal: '>= 0.9',
+      met: r1.intentRate / r1.bareRate >= 0.9,
+      intentRate: r1.intentRate,
+      bareRate: r1.bareRate,
+    },
+    throughput: {
+      value: r2.matchPushRate / r1.bareRate,
+      goal: '>= 0.5',
+      met: r2.matchPushRate / r1.bareRate >= 0.5,
+      matchPushRate: r2.matchPushRate,
+      insertRate: r2.insertRate,
+      bareRate: r1.bareRate,
+    },
+    latencyPairToPush: {
+      ...pair,
+      goal: 'p99 <= 10 ms',
+      met: pair.p99 !== null && pair.p99 <= 10,
+    },
+    latencyInsertToPush: { ...insert, goal: null, met: null },
+    slowProviders: {
+      value: slow.matchReadyRate,
+      goal: '>= 1000 matches/s',
+      met: slow.matchReadyRate >= 1000,
+      matchPushRate: slow.matchPushRate,
+      insertRate: slow.insertRate,
+    },
+    workerMemory: {
+      value: anonGrowthMb,
+      goal: 'RssAnon growth <= 10 MB',
+      met: anonGrowthMb <= 10,
+      rssGrowthMb,
+      rssShmemGrowthMb: shmemGrowthMb,
+      intents: memory.intents,
+    },
+  };
+}
+
+// The phases each figure is computed from.
+const FIGURE_PHASES = {
+  insertCost: ['r1'],
+  throughput: ['r1', 'r2'],
+  latencyPairToPush: ['latency'],
+  latencyInsertToPush: ['latency'],
+  slowProviders: ['slow'],
+  workerMemory: ['memory'],
+};
+
+// Mark each figure whose phases saw the worker restart, because such a
+// figure mixes two worker processes.
+function markRestarts(figures, restarts) {
+  for (const [name, phases] of Object.entries(FIGURE_PHASES)) {
+    const hit = phases.filter((phase) => restarts.includes(phase));
+    figures[name].workerRestartedIn = hit;
+    if (hit.length > 0) {
+      figures[name].met = false;
+    }
+  }
+}
+
+function verdict(figure) {
+  if (figure.workerRestartedIn.length > 0) {
+    return 'INVALID: worker restarted';
+  }
+  if (figure.met === null) {
+    return '';
+  }
+  return figure.met ? 'met' : 'MISSED';
+}
+
+// Return the table's rows: figure, measured value, goal, verdict.
+function tableRows(figures, run) {
+  const f = figures;
+  return [
+    ['R1 insert cost', `${fixed(f.insertCost.value, 2)}  (${integer.format(f.insertCost.intentRate)}` +
+      ` vs ${integer.format(f.insertCost.bareRate)} bare inserts/s)`, f.insertCost.goal, verdict(f.insertCost)],
+    ['R2 throughput', `${fixed(f.throughput.value, 2)}  (${integer.format(f.throughput.matchPushRate)}` +
+      ` intents matched and pushed/s)`, f.throughput.goal, verdict(f.throughput)],
+    [`latency at ${run.latencyRate}/s, pair to push`,
+      `p50 ${fixed(f.latencyPairToPush.p50, 1)}  p99 ${fixed(f.latencyPairToPush.p99, 1)}` +
+      `  max ${fixed(f.latencyPairToPush.max, 1)} ms`, f.latencyPairToPush.goal, verdict(f.latencyPairToPush)],
+    [`latency at ${run.latencyRate}/s, insert to push`,
+      `p50 ${fixed(f.latencyInsertToPush.p50, 1)}  p99 ${fixed(f.latencyInsertToPush.p99, 1)}` +
+      `  max ${fixed(f.latencyInsertToPush.max, 1)} ms`, '-', verdict(f.latencyInsertToPush)],
+    ['slow providers', `${integer.format(f.slowProviders.value)} matches/s` +
+      ` (max_inflight ${run.slowMaxInflight})`, f.slowProviders.goal, verdict(f.slowProviders)],
+    ['worker memory growth', `RssAnon ${signed(f.workerMemory.value, 1)} MB, RSS` +
+      ` ${signed(f.workerMemory.rssGrowthMb, 1)} MB after ${integer.format(f.workerMemory.intents)} intents`,
+    f.workerMemory.goal, verdict(f.workerMemory)],
+  ];
+}
+
+function formatTable(rows) {
+  const header = ['figure', 'measured', 'goal', ''];
+  const all = [header, ...rows];
+  const widths = header.map((_, column) => Math.max(...all.map((row) => row[column].length)));
+  const line = (row) => row.map((cell, column) => cell.padEnd(widths[column])).join('   ').trimEnd();
+  return [line(header), widths.map((w) => '-'.repeat(w)).join('   '), ...rows.map(line)].join('\n');
+}
+
+// Format {status: count} as "status count, ..." in descending count.
+function formatCounts(counts) {
+  if (counts === null || counts === undefined) {
+    return 'none';
+  }
+  return Object.entries(counts)
+    .sort((a, b) => b[1] - a[1])
+    .map(([status, count]) => `${status} ${count}`)
+    .join(', ');
+}
+
+// One line per phase with its rows counted by status after it settled.
+// Intents cancelled by bench/run were still waiting when the phase ended.
+function outcomeLines(outcomes) {
+  return Object.entries(outcomes).map(([name, outcome]) =>
+    `  ${name.padEnd(8)} intents: ${formatCounts(outcome.intents)}; matches: ${formatCounts(outcome.matches)};` +
+    ` pushes: ${formatCounts(outcome.pushes)}`);
+}
+
+// The conditions and side figures that the table leaves out.
+function contextLines(run, fakes, phases) {
+  const { r2, latency, latencyLoad, slow, memory } = phases;
+  const lines = [
+    `run      ${run.started}${run.quick === 'yes' ? ', QUICK (short phases, for a smoke check only)' : ''}`,
+    `code     ${run.commit}${run.uncommittedChanges === 'yes' ? ' with uncommitted changes in src/ or sql/' : ''}`,
+    `machine  ${run.cpu}, ${run.cores} cores, ${run.memoryGiB} GiB; PostgreSQL ${run.postgres}` +
+      ` (fsync ${run.fsync}), Node ${run.node}`,
+    `load     pgbench -M prepared, ${run.clients} clients, ${run.threads} threads, ${run.moods} moods;` +
+      ` worker max_inflight ${run.maxInflight}, batch_size ${run.batchSize}, poll_interval ${run.pollInterval}`,
+    `fakes    alone, 64 connections: push receiver ${integer.format(fakes.push.requestsPerSecond)} requests/s,` +
+      ` room service ${integer.format(fakes.rooms.requestsPerSecond)} requests/s`,
+    `R1       ${run.r1Seconds} s per table, unthrottled`,
+    `R2       ${run.r2Seconds} s unthrottled, ${r2.insertRate} inserts/s; window ${r2.windowSeconds} s after` +
+      ` ${r2.warmupSeconds} s warm-up: ${r2.matchPushesInWindow} match pushes received,` +
+      ` ${r2.matchReadyRate} matches ready/s`,
+    `latency  ${run.latencySeconds} s at -R ${run.latencyRate}: ${latencyLoad.pgbenchRate} inserts/s,` +
+      ` schedule lag avg ${latencyLoad.scheduleLagAvgMs} ms (max ${latencyLoad.scheduleLagMaxMs});` +
+      ` ${latency.pairToPushMs.count} pushes, ${latency.matchedWithoutPush} matched intents without a push;` +
+      ` pair to push p90 ${latency.pairToPushMs.p90}, p99.9 ${latency.pairToPushMs.p999} ms`,
+    '         from created_at, which is before the commit, to arrival at the receiver (same clock)',
+    `slow     ${run.slowSeconds} s unthrottled, rooms ${run.roomDelayMs} ms, pushes ${run.pushDelayMs} ms,` +
+      ` max_inflight ${run.slowMaxInflight}: ${slow.insertRate} inserts/s, ${slow.matchReadyRate} matches ready/s,` +
+      ` ${slow.matchPushRate} match pushes/s over ${slow.windowSeconds} s after ${slow.warmupSeconds} s warm-up`,
+    `memory   ${memory.intents} intents at ${memory.rate}/s in ${memory.seconds} s; worker` +
+      ` RSS ${fixed(megabytes(memory.rssBeforeKb), 1)} -> ${fixed(megabytes(memory.rssAfterKb), 1)} MB,` +
+      ` RssAnon ${fixed(megabytes(memory.rssAnonBeforeKb), 1)} -> ${fixed(megabytes(memory.rssAnonAfterKb), 1)} MB,` +
+      ` RssShmem ${fixed(megabytes(memory.rssShmemBeforeKb), 1)} -> ${fixed(megabytes(memory.rssShmemAfterKb), 1)} MB`,
+  ];
+  const receivers = [['R2', r2], ['latency', latency], ['slow', slow]]
+    .filter(([, phase]) => phase.receiver.duplicates || phase.receiver.rejected)
+    .map(([name, phase]) => `${name}: ${phase.receiver.duplicates} duplicate, ${phase.receiver.rejected} rejected`);
+  if (receivers.length > 0) {
+    lines.push(`receiver ${receivers.join('; ')}`);
+  }
+  return lines;
+}
+
+function main() {
+  const dir = process.argv[2];
+  if (dir === undefined) {
+    throw new Error('usage: report.js DIR');
+  }
+  const run = readJson(dir, 'run.json');
+  const fakes = {
+    push: readJson(dir, 'ceiling-push.json'),
+    rooms: readJson(dir, 'ceiling-rooms.json'),
+  };
+  const phases = {
+    r1: readJson(dir, 'r1.json'),
+    r2: readJson(dir, 'r2.json'),
+    latency: readJson(dir, 'latency.json'),
+    latencyLoad: readJson(dir, 'latency-load.json'),
+    slow: readJson(dir, 'slow.json'),
+    memory: readJson(dir, 'memory.json'),
+  };
+  const outcomes = {};
+  for (const name of ['r1', 'r2', 'latency', 'slow', 'memory']) {
+    outcomes[name] = readJson(dir, `${name}-outcome.json`);
+  }
+  const restartsFile = path.join(dir, 'restarts.txt');
+  const restarts = fs.existsSync(restartsFile)
+    ? fs.readFileSync(restartsFile, 'utf8').split('\n').filter((line) => line !== '')
+    : [];
+  const figures = computeFigures(phases);
+  markRestarts(figures, restarts);
+  const table = formatTable(tableRows(figures, run));
+  const summary = [
+    'matchmaker benchmark',
+    '',
+    table,
+    '',
+    ...contextLines(run, fakes, phases),
+    'outcome  rows of each phase by status, after it settled (cancelled: still waiting at its end)',
+    ...outcomeLines(outcomes),
+    `restarts ${restarts.length === 0 ? 'none: one worker process served every phase' : `the worker restarted during: ${restarts.join(', ')}; see server.log`}`,
+    '',
+  ].join('\n');
+
+  fs.writeFileSync(path.join(dir, 'results.json'),
+    `${JSON.stringify({ run, fakes, figures, phases, outcomes, restarts }, null, 2)}\n`);
+  fs.writeFileSync(path.join(dir, 'summary.txt'), summary);
+  console.log(`\n${summary}`);
+}
+
+try {
+  main();
+} catch (error) {
+  console.error(`report: ${error.message}`);
+  process.exitCode = 2;
+}
