@@ -35,3 +35,8 @@ include $(PGXS)
 
 # every object depends on the shared header
 $(OBJS): $(srcdir)/src/matchmaker.h
+
+# Benchmark on this machine; see bench/README.md. Not part of the tests.
+.PHONY: bench
+bench:
+	bench/run
