@@ -166,6 +166,19 @@ function outcomeLines(outcomes) {
     ` pushes: ${formatCounts(outcome.pushes)}`);
 }
 
+// Lines on the matching passes that bench/run cancelled after they ran
+// for too long with no intent waiting. They happen between phases, so
+// they affect no figure, but they are the worker's behaviour.
+function stallLines(stalls) {
+  if (stalls.length === 0) {
+    return ['stalls   none: no matching pass ran long with no intent waiting'];
+  }
+  return [
+    'stalls   matching passes cancelled after the waiting intents of a phase were cancelled:',
+    ...stalls.map((stall) => `  ${stall.phase.padEnd(8)} one pass ran ${stall.seconds} s before bench/run cancelled it`),
+  ];
+}
+
 // The conditions and side figures that the table leaves out.
 function contextLines(run, fakes, phases) {
   const { r2, latency, latencyLoad, slow, memory } = phases;
@@ -230,6 +243,13 @@ function main() {
   const restarts = fs.existsSync(restartsFile)
     ? fs.readFileSync(restartsFile, 'utf8').split('\n').filter((line) => line !== '')
     : [];
+  const stallsFile = path.join(dir, 'stalls.txt');
+  const stalls = fs.existsSync(stallsFile)
+    ? fs.readFileSync(stallsFile, 'utf8').split('\n').filter((line) => line !== '').map((line) => {
+      const [phase, seconds] = line.split(' ');
+      return { phase, seconds: Number(seconds) };
+    })
+    : [];
   const figures = computeFigures(phases);
   markRestarts(figures, restarts);
   const table = formatTable(tableRows(figures, run));
@@ -242,11 +262,12 @@ function main() {
     'outcome  rows of each phase by status, after it settled (cancelled: still waiting at its end)',
     ...outcomeLines(outcomes),
     `restarts ${restarts.length === 0 ? 'none: one worker process served every phase' : `the worker restarted during: ${restarts.join(', ')}; see server.log`}`,
+    ...stallLines(stalls),
     '',
   ].join('\n');
 
   fs.writeFileSync(path.join(dir, 'results.json'),
-    `${JSON.stringify({ run, fakes, figures, phases, outcomes, restarts }, null, 2)}\n`);
+    `${JSON.stringify({ run, fakes, figures, phases, outcomes, restarts, stalls }, null, 2)}\n`);
   fs.writeFileSync(path.join(dir, 'summary.txt'), summary);
   console.log(`\n${summary}`);
 }
