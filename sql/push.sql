@@ -18,7 +18,7 @@ ALTER SYSTEM RESET matchmaker.webhook_secret;
 -- bad key files are rejected before they are used
 ALTER SYSTEM SET matchmaker.fcm_key_file = '/nonexistent/key.json';
 ALTER SYSTEM SET matchmaker.apns_key_file = '/nonexistent/key.p8';
--- a key file that exists but holds no key; relative paths are read from
+-- a key file that exists but contains no key; relative paths are read from
 -- the data directory
 SELECT current_setting('data_directory') || '/regress-key.json' AS keyfile \gset
 COPY (SELECT 'not a key') TO :'keyfile';

@@ -6,7 +6,7 @@
  * The pass locks a batch of waiting intents with FOR UPDATE SKIP LOCKED,
  * ordered by mood and age, and pairs neighbours within each mood, so the
  * oldest waiter of a mood always goes first.  Rows another transaction
- * holds (a concurrent matcher, or an app cancelling its intent) are
+ * has locked (a concurrent matcher, or an app cancelling its intent) are
  * skipped, never waited for and never paired twice.  All pairs of a pass
  * are written with two statements.
  *
