@@ -74,7 +74,7 @@ set output dir.'/memory.png'
 set title 'Worker memory while intents are matched and pushed'
 set xlabel 'intents paired'
 set ylabel 'MB'
-set format x '%.0f'
-set key center right
+set format x '%.0s%c'
+set key inside center right
 plot dir.'/memory.dat' using 2:($3 / 1024) with linespoints lw 2 title 'VmRSS', \
 	'' using 2:($4 / 1024) with linespoints lw 2 title 'RssAnon'
