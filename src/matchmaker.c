@@ -261,11 +261,16 @@ define_settings(void)
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
+	/*
+	 * Each request in flight may hold a socket, and the worker also needs
+	 * file descriptors for its tables and its wait event set; 512 stays
+	 * within the common soft limit of 1024 open files.
+	 */
 	DefineCustomIntVariable("matchmaker.max_inflight",
 							"Most provider requests the worker keeps open at once.",
 							NULL,
 							&mm_max_inflight,
-							128, 1, 1000,
+							128, 1, 512,
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 
