@@ -45,7 +45,7 @@ CREATE TABLE matchmaker.matches (
 	user_ids	text[] NOT NULL,
 	room		text,
 	-- provider-specific state kept across attempts (the room id and tokens
-	-- chosen before the first request, so a retry asks for the same room)
+	-- chosen before the first request, so a retry requests the same room)
 	plan		jsonb,
 	attempts	integer NOT NULL DEFAULT 0,
 	next_attempt_at timestamptz NOT NULL DEFAULT now(),

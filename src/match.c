@@ -167,7 +167,7 @@ mm_match_pass(int max_intents, int *scanned)
 			/*
 			 * Never pair a user with themselves.  The unique index allows
 			 * one waiting intent per user, so this needs a damaged index or
-			 * a dropped constraint; keep the older intent and move on.
+			 * a dropped constraint.  Keep the older intent and move on.
 			 */
 			continue;
 		}

@@ -8,7 +8,7 @@
  * the requests.  Jobs that arrive while the session is being set up wait
  * in a queue.  Janus drops a session after 60 s without requests, so an
  * idle session gets a keepalive every 25 s.  If Janus lost the session
- * anyway (restart, timeout), its error response says so, and the next job
+ * anyway (restart, timeout), its error response shows it, and the next job
  * builds a new session.
  *
  * Each room is private and checks tokens: its "allowed" list contains one

@@ -718,21 +718,30 @@ typedef struct Claim
 #define new_job_context(name) \
 	AllocSetContextCreate(mm_job_context, name, ALLOCSET_SMALL_SIZES)
 
+/*
+ * Run a claim statement: lease up to limit due rows and return how many,
+ * with the rows in SPI_tuptable.  Also note which extension they belong
+ * to, so that outcomes arriving after DROP EXTENSION are dropped.
+ */
+static uint64
+claim_rows(Statement *st, int limit)
+{
+	Datum		args[2];
+
+	claim_extension = get_extension_oid("matchmaker", true);
+	args[0] = Int32GetDatum(limit);
+	args[1] = Int32GetDatum(lease_ms());
+	execute(st, args, SPI_OK_UPDATE_RETURNING);
+	return SPI_processed;
+}
+
 static void
 claim_rooms_body(void *arg)
 {
 	Claim	   *claim = (Claim *) arg;
 	const MMRoomProvider *provider = room_provider();
-	Datum		args[2];
-	SPITupleTable *tuptable;
-	uint64		n;
-
-	claim_extension = get_extension_oid("matchmaker", true);
-	args[0] = Int32GetDatum(claim->limit);
-	args[1] = Int32GetDatum(lease_ms());
-	execute(&claim_rooms_stmt, args, SPI_OK_UPDATE_RETURNING);
-	n = SPI_processed;
-	tuptable = SPI_tuptable;
+	uint64		n = claim_rows(&claim_rooms_stmt, claim->limit);
+	SPITupleTable *tuptable = SPI_tuptable;
 
 	for (uint64 i = 0; i < n; i++)
 	{
@@ -778,16 +787,8 @@ static void
 claim_pushes_body(void *arg)
 {
 	Claim	   *claim = (Claim *) arg;
-	Datum		args[2];
-	SPITupleTable *tuptable;
-	uint64		n;
-
-	claim_extension = get_extension_oid("matchmaker", true);
-	args[0] = Int32GetDatum(claim->limit);
-	args[1] = Int32GetDatum(lease_ms());
-	execute(&claim_pushes_stmt, args, SPI_OK_UPDATE_RETURNING);
-	n = SPI_processed;
-	tuptable = SPI_tuptable;
+	uint64		n = claim_rows(&claim_pushes_stmt, claim->limit);
+	SPITupleTable *tuptable = SPI_tuptable;
 
 	for (uint64 i = 0; i < n; i++)
 	{
