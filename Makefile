@@ -4,6 +4,7 @@ OBJS = \
 	src/matchmaker.o \
 	src/worker.o \
 	src/match.o \
+	src/intents.o \
 	src/http.o \
 	src/json.o \
 	src/room_janus.o \

@@ -153,65 +153,14 @@ CREATE TABLE matchmaker.dead_push_tokens (
 );
 
 /*
- * Input checks, with messages that name the bad value.  The CHECK
- * constraints above stay as the last line of defence.
+ * Input checks, with messages that name the bad value, and the columns an
+ * app does not set (src/intents.c).  The CHECK constraints above stay as
+ * the last line of defence.
  */
 CREATE FUNCTION matchmaker.intents_before_insert()
 RETURNS trigger
-LANGUAGE plpgsql
--- reads tables the inserting role need not see
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	IF NEW.user_id IS NULL OR NEW.user_id = '' THEN
-		RAISE EXCEPTION 'user_id must not be empty'
-			USING ERRCODE = 'not_null_violation';
-	END IF;
-	IF octet_length(NEW.user_id) > 128 THEN
-		RAISE EXCEPTION 'user_id is too long'
-			USING ERRCODE = 'string_data_right_truncation',
-				  DETAIL = format('user_id is %s bytes; the limit is 128.',
-								  octet_length(NEW.user_id));
-	END IF;
-	IF NEW.push_token IS NULL OR NEW.push_token = '' THEN
-		RAISE EXCEPTION 'push_token must not be empty'
-			USING ERRCODE = 'not_null_violation';
-	END IF;
-	IF octet_length(NEW.push_token) > 4096 THEN
-		RAISE EXCEPTION 'push_token is too long'
-			USING ERRCODE = 'string_data_right_truncation',
-				  DETAIL = format('push_token is %s bytes; the limit is 4096.',
-								  octet_length(NEW.push_token));
-	END IF;
-	IF NEW.mood IS NULL OR NOT EXISTS
-		(SELECT 1 FROM matchmaker.moods m WHERE m.mood = NEW.mood) THEN
-		RAISE EXCEPTION 'unknown mood "%"', NEW.mood
-			USING ERRCODE = 'foreign_key_violation',
-				  HINT = 'The moods are listed in matchmaker.moods.';
-	END IF;
-	IF NEW.status <> 'waiting' THEN
-		RAISE EXCEPTION 'a new intent must be waiting, not %', NEW.status
-			USING ERRCODE = 'check_violation';
-	END IF;
-	IF EXISTS (SELECT 1 FROM matchmaker.intents i
-			   WHERE i.user_id = NEW.user_id AND i.status = 'waiting') THEN
-		RAISE EXCEPTION 'user "%" already has a waiting intent', NEW.user_id
-			USING ERRCODE = 'unique_violation',
-				  HINT = 'Cancel it first: UPDATE matchmaker.intents SET status = ''cancelled''.';
-	END IF;
-
-	NEW.match_id := NULL;
-	NEW.matched_at := NULL;
-	IF NEW.expires_at IS NULL THEN
-		-- the setting reads back with its unit, such as '1min'
-		NEW.expires_at := NEW.created_at +
-			coalesce(nullif(current_setting('matchmaker.intent_ttl', true),
-							'')::interval, interval '60 seconds');
-	END IF;
-	RETURN NEW;
-END
-$$;
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'matchmaker_intents_before_insert';
 
 CREATE TRIGGER intents_before_insert
 	BEFORE INSERT ON matchmaker.intents
@@ -219,40 +168,14 @@ CREATE TRIGGER intents_before_insert
 
 /*
  * Apps may only cancel a waiting intent; every other status change is the
- * worker's, which runs as a superuser.  Catching a client that tries, for instance, to put a matched
- * intent back to waiting keeps the state machine honest.
+ * worker's, which runs as a superuser.  Catching a client that tries, for
+ * instance, to put a matched intent back to waiting keeps the state
+ * machine honest (src/intents.c).
  */
 CREATE FUNCTION matchmaker.intents_before_update()
 RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	IF NEW.status IS DISTINCT FROM OLD.status AND
-		NOT (OLD.status = 'waiting' AND
-			 NEW.status IN ('matched', 'expired', 'cancelled')) AND
-		NOT (OLD.status = 'matched' AND NEW.status = 'failed') THEN
-		RAISE EXCEPTION 'intent % cannot go from % to %',
-			OLD.id, OLD.status, NEW.status
-			USING ERRCODE = 'check_violation',
-				  HINT = 'Only a waiting intent can be cancelled.';
-	END IF;
-	IF NEW.status IS DISTINCT FROM OLD.status AND NEW.status <> 'cancelled' AND
-		current_setting('is_superuser') <> 'on' THEN
-		RAISE EXCEPTION 'only the matchmaker worker sets an intent to %',
-			NEW.status
-			USING ERRCODE = 'insufficient_privilege',
-				  HINT = 'Apps cancel an intent with status = ''cancelled''.';
-	END IF;
-	IF NEW.user_id IS DISTINCT FROM OLD.user_id OR
-		NEW.mood IS DISTINCT FROM OLD.mood THEN
-		RAISE EXCEPTION 'user_id and mood of an intent cannot change'
-			USING ERRCODE = 'check_violation',
-				  HINT = 'Cancel the intent and insert a new one.';
-	END IF;
-	RETURN NEW;
-END
-$$;
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'matchmaker_intents_before_update';
 
 CREATE TRIGGER intents_before_update
 	BEFORE UPDATE ON matchmaker.intents

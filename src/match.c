@@ -34,19 +34,28 @@ static SPIPlanPtr select_plan = NULL;
 static SPIPlanPtr pair_plan = NULL;
 
 /*
- * Only intents with another waiting intent in their mood are read, so
- * that a batch full of lone waiters cannot hide pairs further on.
+ * Each mood is read on its own, oldest first, straight from the partial
+ * index on (mood, id): no sort, and no scan over other moods' waiters.
+ * A mood with a single waiter returns one row, which the loop below
+ * leaves waiting, so lone waiters never crowd pairs out of a batch.  The
+ * outer ORDER BY only makes the grouping by mood explicit.
  */
 static const char *select_sql =
-"SELECT i.id, i.user_id, i.mood FROM matchmaker.intents i "
-"WHERE i.status = 'waiting' AND i.expires_at > now() "
-"  AND EXISTS (SELECT 1 FROM matchmaker.intents o "
-"              WHERE o.mood = i.mood AND o.status = 'waiting' "
-"                AND o.id <> i.id AND o.expires_at > now()) "
-"ORDER BY i.mood, i.id "
-"LIMIT $1 "
-"FOR UPDATE OF i SKIP LOCKED";
+"SELECT w.id, w.user_id, w.mood "
+"FROM matchmaker.moods m "
+"CROSS JOIN LATERAL ("
+"  SELECT i.id, i.user_id, i.mood FROM matchmaker.intents i "
+"  WHERE i.mood = m.mood AND i.status = 'waiting' AND i.expires_at > now() "
+"  ORDER BY i.id "
+"  LIMIT $1 "
+"  FOR UPDATE OF i SKIP LOCKED) w "
+"ORDER BY w.mood, w.id";
 
+/*
+ * The intents are found through "= ANY" on each match's pair, which only
+ * an index scan of the primary key can answer: a join on unnested ids
+ * let the planner hash the whole intents table for a few dozen rows.
+ */
 static const char *pair_sql =
 "WITH pairs AS ("
 "  SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[],"
@@ -55,19 +64,28 @@ static const char *pair_sql =
 "  INSERT INTO matchmaker.matches (mood, intent_ids, user_ids)"
 "  SELECT mood, ARRAY[a, b], ARRAY[ua, ub] FROM pairs"
 "  RETURNING id, intent_ids"
-"), members AS ("
-"  SELECT made.id AS match_id, unnest(made.intent_ids) AS intent_id FROM made"
 ") "
 "UPDATE matchmaker.intents i "
-"SET status = 'matched', match_id = members.match_id, matched_at = now() "
-"FROM members WHERE i.id = members.intent_id";
+"SET status = 'matched', match_id = made.id, matched_at = now() "
+"FROM made WHERE i.id = ANY (made.intent_ids)";
 
-static SPIPlanPtr
-prepare_once(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
+/*
+ * Prepare a statement once per process and keep it.  With replan, its
+ * plan is made again at every execution with the tables' current sizes
+ * (a custom plan): the queues start empty and grow fast, and a plan made
+ * while they were small, such as a sequential scan and sort of the whole
+ * queue, would be kept long after it stopped fitting.  Planning costs far
+ * less than such a scan, but is wasted on statements that look rows up by
+ * key, which keep one plan.
+ */
+SPIPlanPtr
+mm_prepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes,
+		   bool replan)
 {
 	if (*plan == NULL)
 	{
-		SPIPlanPtr	p = SPI_prepare(sql, nargs, argtypes);
+		SPIPlanPtr	p = SPI_prepare_cursor(sql, nargs, argtypes,
+										   replan ? CURSOR_OPT_CUSTOM_PLAN : 0);
 
 		if (p == NULL)
 			elog(ERROR, "SPI_prepare failed for \"%s\": %s",
@@ -94,12 +112,13 @@ int8_array(Datum *elems, int n)
 }
 
 /*
- * Run one pass inside the current transaction, with SPI connected.
- * Returns the number of matches made; *scanned gets the number of waiting
- * intents looked at, so the caller can tell whether a full batch came back.
+ * Run one pass inside the current transaction, with SPI connected, taking
+ * at most max_per_mood waiting intents of each mood.  Returns the number
+ * of matches made; *more is set when some mood filled its share, so more
+ * of its intents may be waiting.
  */
 int
-mm_match_pass(int max_intents, int *scanned)
+mm_match_pass(int max_per_mood, bool *more)
 {
 	Oid			select_types[1] = {INT4OID};
 	Oid			pair_types[5] = {TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID,
@@ -114,12 +133,13 @@ mm_match_pass(int max_intents, int *scanned)
 			   *ubs;
 	int			npairs = 0;
 	int			prev = -1;
+	int			run = 0;
 	SPITupleTable *tuptable;
 
-	prepare_once(&select_plan, select_sql, 1, select_types);
-	prepare_once(&pair_plan, pair_sql, 5, pair_types);
+	mm_prepare(&select_plan, select_sql, 1, select_types, true);
+	mm_prepare(&pair_plan, pair_sql, 5, pair_types, true);
 
-	arg = Int32GetDatum(max_intents);
+	arg = Int32GetDatum(max_per_mood);
 	ret = SPI_execute_plan(select_plan, &arg, NULL, false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "selecting waiting intents failed: %s",
@@ -127,8 +147,8 @@ mm_match_pass(int max_intents, int *scanned)
 
 	nrows = SPI_processed;
 	tuptable = SPI_tuptable;
-	if (scanned)
-		*scanned = (int) nrows;
+	if (more)
+		*more = false;
 	if (nrows < 2)
 		return 0;
 
@@ -147,21 +167,24 @@ mm_match_pass(int max_intents, int *scanned)
 		char	   *cur_mood,
 				   *cur_user;
 
+		cur_mood = SPI_getvalue(cur, desc, 3);
+		if (i > 0 &&
+			strcmp(cur_mood, SPI_getvalue(tuptable->vals[i - 1], desc, 3)) != 0)
+		{
+			/* a new mood: the odd one out of the last keeps waiting */
+			prev = -1;
+			run = 0;
+		}
+		if (++run >= max_per_mood && more)
+			*more = true;
 		if (prev < 0)
 		{
 			prev = (int) i;
 			continue;
 		}
 		old = tuptable->vals[prev];
-		cur_mood = SPI_getvalue(cur, desc, 3);
 		cur_user = SPI_getvalue(cur, desc, 2);
 
-		if (strcmp(cur_mood, SPI_getvalue(old, desc, 3)) != 0)
-		{
-			/* a new mood: the odd one out of the last keeps waiting */
-			prev = (int) i;
-			continue;
-		}
 		if (strcmp(cur_user, SPI_getvalue(old, desc, 2)) == 0)
 		{
 			/*
@@ -204,20 +227,22 @@ mm_match_pass(int max_intents, int *scanned)
 
 /*
  * matchmaker.match_pass(max_intents integer) returns integer
+ *
+ * max_intents is the most waiting intents the pass takes from each mood.
  */
 Datum
 matchmaker_match_pass(PG_FUNCTION_ARGS)
 {
-	int32		max_intents = PG_GETARG_INT32(0);
+	int32		max_per_mood = PG_GETARG_INT32(0);
 	int			made;
 
-	if (max_intents < 2)
+	if (max_per_mood < 2)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max_intents must be at least 2")));
 
 	SPI_connect();
-	made = mm_match_pass(max_intents, NULL);
+	made = mm_match_pass(max_per_mood, NULL);
 	SPI_finish();
 
 	PG_RETURN_INT32(made);

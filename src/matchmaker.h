@@ -14,6 +14,7 @@
 #ifndef MATCHMAKER_H
 #define MATCHMAKER_H
 
+#include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "port/atomics.h"
 #include "utils/guc.h"
@@ -247,7 +248,9 @@ typedef struct MMShared
 extern MMShared *mm_shared;
 
 /* match.c */
-extern int	mm_match_pass(int max_intents, int *scanned);
+extern SPIPlanPtr mm_prepare(SPIPlanPtr *plan, const char *sql, int nargs,
+							 Oid *argtypes, bool replan);
+extern int	mm_match_pass(int max_per_mood, bool *more);
 
 /* worker.c */
 extern PGDLLEXPORT void matchmaker_worker_main(Datum main_arg);

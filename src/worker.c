@@ -31,6 +31,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
@@ -59,7 +60,6 @@
 #define LISTEN_CHANNEL		"matchmaker"
 #define LISTEN_RETRY_MS		5000
 #define WARNING_INTERVAL_MS 10000
-#define MAX_PASSES_PER_WAKE 16
 
 MemoryContext mm_job_context = NULL;
 
@@ -241,11 +241,17 @@ run_transaction(const char *activity, TxnBody body, void *arg)
  * Prepared statements
  * ---------------------------------------------------------------------
  */
+/*
+ * A statement of the worker, prepared on first use.  Statements that read
+ * the head of a queue are planned again at each use (see mm_prepare());
+ * those that touch rows by key keep one plan.
+ */
 typedef struct Statement
 {
 	const char *sql;
 	int			nargs;
 	Oid			argtypes[4];
+	bool		replan;
 	SPIPlanPtr	plan;
 } Statement;
 
@@ -259,7 +265,8 @@ static Statement claim_rooms_stmt = {
 	"WHERE m.id = due.id "
 	"RETURNING m.id, m.mood, m.user_ids[1], m.user_ids[2], m.attempts, "
 	"          m.plan::text",
-	2, {INT4OID, INT4OID}
+	2, {INT4OID, INT4OID},
+	true
 };
 
 static Statement save_plan_stmt = {
@@ -323,7 +330,8 @@ static Statement claim_pushes_stmt = {
 	"      ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due "
 	"WHERE o.id = due.id "
 	"RETURNING o.id, o.push_token, o.payload::text, o.attempts",
-	2, {INT4OID, INT4OID}
+	2, {INT4OID, INT4OID},
+	true
 };
 
 static Statement push_sent_stmt = {
@@ -362,17 +370,7 @@ execute(Statement *st, Datum *args, int expect)
 {
 	int			ret;
 
-	if (st->plan == NULL)
-	{
-		SPIPlanPtr	p = SPI_prepare(st->sql, st->nargs, st->argtypes);
-
-		if (p == NULL)
-			elog(ERROR, "SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		if (SPI_keepplan(p) != 0)
-			elog(ERROR, "SPI_keepplan failed");
-		st->plan = p;
-	}
+	mm_prepare(&st->plan, st->sql, st->nargs, st->argtypes, st->replan);
 	ret = SPI_execute_plan(st->plan, args, NULL, false, 0);
 	if (ret != expect)
 		elog(ERROR, "statement failed: %s", SPI_result_code_string(ret));
@@ -840,6 +838,12 @@ start_job(void (*start) (void *), void *job, MemoryContext cxt,
 	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
 	volatile bool started = true;
 
+	/*
+	 * Every row this request is about, and its claim, must be on disk
+	 * before the provider hears of it.  Once flushed this returns at once.
+	 */
+	XLogFlush(XactLastCommitEnd);
+
 	jobs_inflight++;
 	if (*attempts > mm_max_attempts)
 	{
@@ -888,34 +892,17 @@ start_push(MMPushJob *job)
 }
 
 /*
- * Claim rooms, then pushes, up to the free request slots.  A quarter of
- * the slots stays for pushes while rooms are being made, so a flood of
- * new matches cannot hold back the news of earlier ones.
+ * Claim pushes, then rooms, up to the free request slots.  Pushes go
+ * first because they finish what earlier rooms began: each room made adds
+ * two pushes, so under load the slots settle where pushes keep up with
+ * rooms, and a flood of new matches cannot hold back the news of earlier
+ * ones.
  */
 static void
 claim_and_start(void)
 {
 	int			free_slots = mm_max_inflight - jobs_inflight;
 	Claim		claim;
-
-	if (want_rooms && free_slots > 0)
-	{
-		memset(&claim, 0, sizeof(claim));
-		claim.limit = Max(1, free_slots - free_slots / 4);
-		if (run_transaction("claim matches", claim_rooms_body, &claim))
-		{
-			want_rooms = (claim.claimed == claim.limit);
-			free_slots -= claim.claimed;
-			for (MMRoomJob *job = claim.rooms, *next; job; job = next)
-			{
-				next = job->next;
-				job->next = NULL;
-				start_room(job);
-			}
-		}
-		else
-			want_rooms = false; /* the poll timer tries again */
-	}
 
 	if (want_pushes && free_slots > 0)
 	{
@@ -924,6 +911,7 @@ claim_and_start(void)
 		if (run_transaction("claim pushes", claim_pushes_body, &claim))
 		{
 			want_pushes = (claim.claimed == claim.limit);
+			free_slots -= claim.claimed;
 			for (MMPushJob *job = claim.pushes, *next; job; job = next)
 			{
 				next = job->next;
@@ -932,7 +920,25 @@ claim_and_start(void)
 			}
 		}
 		else
-			want_pushes = false;
+			want_pushes = false;	/* the poll timer tries again */
+	}
+
+	if (want_rooms && free_slots > 0)
+	{
+		memset(&claim, 0, sizeof(claim));
+		claim.limit = free_slots;
+		if (run_transaction("claim matches", claim_rooms_body, &claim))
+		{
+			want_rooms = (claim.claimed == claim.limit);
+			for (MMRoomJob *job = claim.rooms, *next; job; job = next)
+			{
+				next = job->next;
+				job->next = NULL;
+				start_room(job);
+			}
+		}
+		else
+			want_rooms = false;
 	}
 }
 
@@ -948,7 +954,8 @@ static Statement close_due_stmt = {
 	"       OR status = 'failed') "
 	"  AND NOT (id = ANY ($3)) "
 	"ORDER BY id LIMIT $1",
-	3, {INT4OID, INT4OID, INT8ARRAYOID}
+	3, {INT4OID, INT4OID, INT8ARRAYOID},
+	true
 };
 
 static Statement closed_stmt = {
@@ -1036,6 +1043,9 @@ run_closing(void)
 		!run_transaction("find rooms to destroy", close_due_body, &claim))
 		return;
 	want_closes = (claim.claimed == claim.limit);
+
+	/* as in start_job(): what the closes rest on must be on disk first */
+	XLogFlush(XactLastCommitEnd);
 
 	for (MMCloseJob *job = claim.jobs, *next; job; job = next)
 	{
@@ -1130,7 +1140,7 @@ record_closes(void)
 typedef struct PassResult
 {
 	int			made;
-	int			scanned;
+	bool		more;
 } PassResult;
 
 static void
@@ -1138,7 +1148,7 @@ match_body(void *arg)
 {
 	PassResult *res = (PassResult *) arg;
 
-	res->made = mm_match_pass(mm_batch_size, &res->scanned);
+	res->made = mm_match_pass(mm_batch_size, &res->more);
 }
 
 static void
@@ -1154,29 +1164,30 @@ expire_body(void *arg)
 										   &isnull));
 }
 
+/*
+ * Run one matching pass.  The main loop runs the next one, if more may be
+ * waiting, only after it has served the sockets, so that a backlog of
+ * intents cannot hold up requests in flight.
+ */
 static void
 run_matching(void)
 {
-	for (int i = 0; i < MAX_PASSES_PER_WAKE; i++)
-	{
-		PassResult	res = {0, 0};
+	PassResult	res = {0, false};
 
-		if (!run_transaction("match intents", match_body, &res))
-		{
-			want_match = false;
-			return;
-		}
-		if (res.made > 0)
-			want_rooms = true;
-		/*
-		 * A full batch that made pairs means more may be waiting.  One that
-		 * made none (its rows' partners are locked elsewhere) waits for
-		 * the next wake-up instead of spinning.
-		 */
-		want_match = (res.scanned >= mm_batch_size && res.made > 0);
-		if (!want_match)
-			return;
+	if (!run_transaction("match intents", match_body, &res))
+	{
+		want_match = false;
+		return;
 	}
+	if (res.made > 0)
+		want_rooms = true;
+
+	/*
+	 * A mood that filled its share and made pairs may have more waiting.
+	 * A pass that made none (its rows' partners are locked elsewhere)
+	 * waits for the next wake-up instead of spinning.
+	 */
+	want_match = (res.more && res.made > 0);
 }
 
 static void
@@ -1454,6 +1465,22 @@ matchmaker_worker_main(Datum main_arg)
 	 * its statements give up after a second, and the row is retried.
 	 */
 	SetConfigOption("lock_timeout", "1000", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * The worker commits many short transactions; waiting for each to
+	 * reach disk would cap it at the disk's flush rate.  Its commits are
+	 * asynchronous, and start_job() flushes the WAL before any request
+	 * leaves, so nobody hears of a row a crash could still take back.
+	 */
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * Every claim reads the head of a queue in index order with a LIMIT.
+	 * With the queue growing faster than its statistics, the planner
+	 * takes it for a few rows and prefers a bitmap scan that reads and
+	 * sorts the whole backlog on every claim.
+	 */
+	SetConfigOption("enable_bitmapscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
 	served_database = MemoryContextStrdup(TopMemoryContext, mm_database);
 	served_room_url = MemoryContextStrdup(TopMemoryContext, mm_room_url);

@@ -1,0 +1,280 @@
+/*-------------------------------------------------------------------------
+ *
+ * intents.c
+ *	  Row triggers that guard matchmaker.intents.
+ *
+ * The before-insert trigger checks a new intent and names the bad value in
+ * its error, and fills in the columns an app does not set.  The
+ * before-update trigger keeps status changes to the transitions of the
+ * state machine: apps may only cancel a waiting intent, and every other
+ * change is the worker's.  The table's CHECK constraints and its unique
+ * index stay as the last line of defence; these triggers give the errors
+ * an app developer can act on.
+ *
+ * Both run once per row on the insert path of every app, so they are C
+ * rather than PL/pgSQL.  The two lookups (is the mood in the catalogue,
+ * does the user already wait) run as the table's owner, the way
+ * PostgreSQL's own foreign key checks do, so an app role needs no right
+ * to read the catalogue or other users' intents.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+/* PostgreSQL's SQL function json_object clashes with jansson's */
+#define json_object pg_sql_json_object
+#include "utils/builtins.h"
+#undef json_object
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+
+#include "matchmaker.h"
+
+PG_FUNCTION_INFO_V1(matchmaker_intents_before_insert);
+PG_FUNCTION_INFO_V1(matchmaker_intents_before_update);
+
+#define USER_ID_MAX_BYTES		128
+#define PUSH_TOKEN_MAX_BYTES	4096
+
+static SPIPlanPtr mood_plan = NULL;
+static SPIPlanPtr waiting_plan = NULL;
+
+static const char *mood_sql =
+"SELECT 1 FROM matchmaker.moods m WHERE m.mood OPERATOR(pg_catalog.=) $1";
+
+static const char *waiting_sql =
+"SELECT 1 FROM matchmaker.intents i "
+"WHERE i.user_id OPERATOR(pg_catalog.=) $1 "
+"  AND i.status OPERATOR(pg_catalog.=) 'waiting'";
+
+/*
+ * The trigger data of a row trigger on matchmaker.intents fired at the
+ * given time, or an error when the function is called some other way.
+ */
+static TriggerData *
+intents_trigger(FunctionCallInfo fcinfo, const char *name, bool insert)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) ||
+		!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
+		(insert ? !TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) :
+		 !TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event)))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"%s\" must be fired BEFORE %s FOR EACH ROW",
+						name, insert ? "INSERT" : "UPDATE")));
+	return trigdata;
+}
+
+/* The value of a named text column of a row, or NULL. */
+static char *
+text_column(HeapTuple tuple, TupleDesc desc, const char *column)
+{
+	int			attnum = SPI_fnumber(desc, column);
+
+	if (attnum <= 0)
+		elog(ERROR, "matchmaker.intents has no column \"%s\"", column);
+	return SPI_getvalue(tuple, desc, attnum);
+}
+
+/*
+ * Whether a query with one text argument finds a row, run as the owner of
+ * the table the trigger fired on.
+ */
+static bool
+owner_finds(Relation rel, SPIPlanPtr *plan, const char *sql, const char *arg)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		value = CStringGetTextDatum(arg);
+	Oid			save_userid;
+	int			save_sec_context;
+	int			ret;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(rel->rd_rel->relowner,
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_NOFORCE_RLS);
+	mm_prepare(plan, sql, 1, argtypes, false);
+
+	/*
+	 * Not read-only: SPI then reads with a new snapshot after the rows
+	 * this statement has already inserted, so that a user twice in one
+	 * multi-row INSERT gets the friendly error too.
+	 */
+	ret = SPI_execute_plan(*plan, &value, NULL, false, 1);
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "lookup failed: %s", SPI_result_code_string(ret));
+	return SPI_processed > 0;
+}
+
+/*
+ * Check that a text column holds between 1 and max_bytes bytes.
+ */
+static void
+check_length(const char *column, const char *value, int max_bytes)
+{
+	size_t		len = value ? strlen(value) : 0;
+
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NOT_NULL_VIOLATION),
+				 errmsg("%s must not be empty", column)));
+	if (len > (size_t) max_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("%s is too long", column),
+				 errdetail("%s is %zu bytes; the limit is %d.",
+						   column, len, max_bytes)));
+}
+
+/*
+ * matchmaker.intents_before_insert() returns trigger
+ */
+Datum
+matchmaker_intents_before_insert(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = intents_trigger(fcinfo,
+											"intents_before_insert", true);
+	Relation	rel = trigdata->tg_relation;
+	TupleDesc	desc = RelationGetDescr(rel);
+	HeapTuple	tuple = trigdata->tg_trigtuple;
+	char	   *user_id = text_column(tuple, desc, "user_id");
+	char	   *mood = text_column(tuple, desc, "mood");
+	char	   *status = text_column(tuple, desc, "status");
+	int			cols[3];
+	Datum		values[3];
+	bool		nulls[3] = {true, true, false};
+	int			ncols = 2;
+	bool		isnull;
+
+	/* values the app alone decides */
+	check_length("user_id", user_id, USER_ID_MAX_BYTES);
+	check_length("push_token", text_column(tuple, desc, "push_token"),
+				 PUSH_TOKEN_MAX_BYTES);
+
+	/* values checked against the tables, and the status in between */
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (mood == NULL || !owner_finds(rel, &mood_plan, mood_sql, mood))
+		ereport(ERROR,
+				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+				 errmsg("unknown mood \"%s\"", mood ? mood : ""),
+				 errhint("The moods are listed in matchmaker.moods.")));
+	if (status == NULL || strcmp(status, "waiting") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CHECK_VIOLATION),
+				 errmsg("a new intent must be waiting, not %s",
+						status ? status : "null")));
+	if (owner_finds(rel, &waiting_plan, waiting_sql, user_id))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNIQUE_VIOLATION),
+				 errmsg("user \"%s\" already has a waiting intent", user_id),
+				 errhint("Cancel it first: UPDATE matchmaker.intents SET status = 'cancelled'.")));
+	SPI_finish();
+
+	/* a new intent has no match, and lives intent_ttl unless told */
+	cols[0] = SPI_fnumber(desc, "match_id");
+	cols[1] = SPI_fnumber(desc, "matched_at");
+	values[0] = values[1] = (Datum) 0;
+	cols[2] = SPI_fnumber(desc, "expires_at");
+	(void) heap_getattr(tuple, cols[2], desc, &isnull);
+	if (isnull)
+	{
+		Datum		created = heap_getattr(tuple, SPI_fnumber(desc, "created_at"),
+										   desc, &isnull);
+
+		if (isnull)
+			ereport(ERROR,
+					(errcode(ERRCODE_NOT_NULL_VIOLATION),
+					 errmsg("created_at must not be null")));
+		values[2] = TimestampTzGetDatum(
+										TimestampTzPlusMilliseconds(DatumGetTimestampTz(created),
+																	(int64) mm_intent_ttl * 1000));
+		ncols = 3;
+	}
+
+	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, ncols,
+													 cols, values, nulls));
+}
+
+/*
+ * Whether the state machine allows an intent to go from one status to
+ * another.
+ */
+static bool
+status_change_allowed(const char *from, const char *to)
+{
+	if (strcmp(from, "waiting") == 0)
+		return strcmp(to, "matched") == 0 || strcmp(to, "expired") == 0 ||
+			strcmp(to, "cancelled") == 0;
+	if (strcmp(from, "matched") == 0)
+		return strcmp(to, "failed") == 0;
+	return false;
+}
+
+/* Whether two nullable strings differ, the way IS DISTINCT FROM does. */
+static bool
+distinct(const char *a, const char *b)
+{
+	if (a == NULL || b == NULL)
+		return a != b;
+	return strcmp(a, b) != 0;
+}
+
+/*
+ * matchmaker.intents_before_update() returns trigger
+ */
+Datum
+matchmaker_intents_before_update(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = intents_trigger(fcinfo,
+											"intents_before_update", false);
+	TupleDesc	desc = RelationGetDescr(trigdata->tg_relation);
+	HeapTuple	old = trigdata->tg_trigtuple;
+	HeapTuple	new = trigdata->tg_newtuple;
+	char	   *old_status = text_column(old, desc, "status");
+	char	   *new_status = text_column(new, desc, "status");
+
+	if (distinct(old_status, new_status))
+	{
+		bool		isnull;
+		int64		id = DatumGetInt64(heap_getattr(old,
+													SPI_fnumber(desc, "id"),
+													desc, &isnull));
+
+		/* status is NOT NULL, so both are set */
+		if (old_status == NULL || new_status == NULL ||
+			!status_change_allowed(old_status, new_status))
+			ereport(ERROR,
+					(errcode(ERRCODE_CHECK_VIOLATION),
+					 errmsg("intent " INT64_FORMAT " cannot go from %s to %s",
+							id, old_status ? old_status : "null",
+							new_status ? new_status : "null"),
+					 errhint("Only a waiting intent can be cancelled.")));
+		if (strcmp(new_status, "cancelled") != 0 && !superuser())
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("only the matchmaker worker sets an intent to %s",
+							new_status),
+					 errhint("Apps cancel an intent with status = 'cancelled'.")));
+	}
+	if (distinct(text_column(old, desc, "user_id"),
+				 text_column(new, desc, "user_id")) ||
+		distinct(text_column(old, desc, "mood"),
+				 text_column(new, desc, "mood")))
+		ereport(ERROR,
+				(errcode(ERRCODE_CHECK_VIOLATION),
+				 errmsg("user_id and mood of an intent cannot change"),
+				 errhint("Cancel the intent and insert a new one.")));
+
+	return PointerGetDatum(new);
+}
