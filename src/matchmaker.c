@@ -111,6 +111,7 @@ int			mm_room_provider = MM_ROOM_JANUS;
 char	   *mm_room_url = NULL;
 int			mm_push_provider = MM_PUSH_WEBHOOK;
 char	   *mm_push_url = NULL;
+char	   *mm_ca_file = NULL;
 int			mm_intent_ttl = 60;
 int			mm_max_attempts = 8;
 int			mm_retry_base = 500;
@@ -168,6 +169,26 @@ check_url(char **newval, void **extra, GucSource source)
 	return false;
 }
 
+/*
+ * Check hook for matchmaker.ca_file: empty (the system's CA bundle) or a
+ * file the server can read.  A bad path is reported at reload, and the
+ * previous setting stays.
+ */
+static bool
+check_ca_file(char **newval, void **extra, GucSource source)
+{
+	const char *error;
+
+	if (*newval == NULL || **newval == '\0')
+		return true;
+	if (!mm_check_readable_file(*newval, &error))
+	{
+		GUC_check_errdetail("%s", error);
+		return false;
+	}
+	return true;
+}
+
 static void
 define_settings(void)
 {
@@ -212,6 +233,14 @@ define_settings(void)
 							   "http://127.0.0.1:8089/push",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
 							   check_url, NULL, NULL);
+
+	DefineCustomStringVariable("matchmaker.ca_file",
+							   "File of CA certificates that verify providers' TLS certificates.",
+							   "Empty uses the system's default CA bundle.",
+							   &mm_ca_file,
+							   "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   check_ca_file, NULL, NULL);
 
 	DefineCustomIntVariable("matchmaker.intent_ttl",
 							"How long a waiting intent lives.",
