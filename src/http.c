@@ -57,8 +57,8 @@ static int	inflight = 0;
 static TimestampTz timer_deadline = 0;	/* 0: no timer requested */
 
 /*
- * The credential of the request whose callback is running, so that
- * mm_redact_secrets() can remove it from a response the peer echoed.
+ * Credential of the request whose callback is running, so that
+ * mm_redact_secrets() can remove it from a response that echoes it.
  */
 static const char *answering_credential = NULL;
 
@@ -270,8 +270,8 @@ set_security_options(CURL *easy)
 
 	/*
 	 * A redirect could send the request, with its credentials, to a host
-	 * nobody configured.  A 3xx answer fails instead; see
-	 * mm_http_classify().
+	 * that no setting names.  A 3xx response fails instead, as
+	 * mm_http_classify() decides.
 	 */
 	if (rc == CURLE_OK)
 		rc = curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
@@ -621,9 +621,12 @@ mm_http_classify(const MMHttpResponse *resp, MMOutcome *out)
  * Return a copy of text, allocated in cxt, with every secret it contains
  * replaced by "[redacted]": the webhook secret, the Agora certificate,
  * the LiveKit API secret, and the Authorization token of the request
- * whose answer is being handled (an FCM access token, an APNs or LiveKit
+ * whose response is being handled (an FCM access token, an APNs or LiveKit
  * JWT), which a peer may echo in an error body.  The key files' contents
  * never reach an error text, so they need no redaction.
+ *
+ * XXX: a secret cut short anywhere but at the end of text, as by the
+ * "%.50s" of a provider's error code, is not found.
  */
 char *
 mm_redact_secrets(MemoryContext cxt, const char *text)
@@ -652,10 +655,26 @@ mm_redact_secrets(MemoryContext cxt, const char *text)
 		for (int i = 0; i < lengthof(secrets); i++)
 		{
 			size_t		len = secrets[i] ? strlen(secrets[i]) : 0;
+			size_t		remaining;
 
-			if (len > 0 && strncmp(p, secrets[i], len) == 0)
+			if (len == 0)
+				continue;
+			if (strncmp(p, secrets[i], len) == 0)
 			{
 				skip = len;
+				break;
+			}
+
+			/*
+			 * An error keeps only the start of a long body, so the text
+			 * may end inside a secret: redact a tail of 8 or more bytes
+			 * that starts it.
+			 */
+			remaining = strlen(p);
+			if (remaining >= 8 && remaining < len &&
+				strncmp(p, secrets[i], remaining) == 0)
+			{
+				skip = remaining;
 				break;
 			}
 		}
