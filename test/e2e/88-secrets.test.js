@@ -11,7 +11,7 @@ const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
 const lib = require('./lib.js');
-const { fcmControl, makeFcmAccount, pairAndSettle } = require('./push-providers.js');
+const { makeFcmAccount, pairAndSettle, trustFcmAccount } = require('./push-providers.js');
 
 const SETTINGS = [
   'log_min_messages',
@@ -74,14 +74,7 @@ test.before(async () => {
   await lib.resetAllSettings();
   logOffset = lib.serverLogSize();
   account = makeFcmAccount();
-  await fcmControl({
-    reset: true,
-    publicKey: account.publicKey,
-    clientEmail: account.clientEmail,
-    keyId: account.keyId,
-    projectId: account.projectId,
-    expiresIn: 3599,
-  });
+  await trustFcmAccount(account);
   await lib.setSettings({
     log_min_messages: 'debug1',
     'matchmaker.webhook_secret': webhookSecret,
