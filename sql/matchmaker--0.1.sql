@@ -532,7 +532,7 @@ CREATE VIEW matchmaker.app_intents WITH (security_barrier) AS
 COMMENT ON VIEW matchmaker.app_intents IS
 	'the calling role''s intents with their match, room and join token';
 
--- trigger functions need no EXECUTE to fire; nobody calls them directly
+-- trigger functions need no EXECUTE privilege to fire, and are never called directly
 REVOKE ALL ON FUNCTION matchmaker.intents_before_insert() FROM PUBLIC;
 REVOKE ALL ON FUNCTION matchmaker.intents_before_update() FROM PUBLIC;
 REVOKE ALL ON FUNCTION matchmaker.intents_before_delete() FROM PUBLIC;
