@@ -147,8 +147,9 @@ CREATE INDEX outbox_intent_id ON matchmaker.outbox (intent_id);
 
 /*
  * Push tokens the push service called dead (app uninstalled, token from
- * another project, malformed).  The app reads this to clean up its own
- * records, and deletes rows it has handled.
+ * another project, malformed).  A cleanup job of the app reads this to
+ * clean up the app's own records, and deletes rows it has handled.  It
+ * holds every app role's tokens, so matchmaker_app has no access.
  */
 CREATE TABLE matchmaker.dead_push_tokens (
 	push_token	text PRIMARY KEY,
