@@ -23,7 +23,7 @@ PGFILEDESC = "matchmaker - mood matchmaking worker"
 PG_CPPFLAGS = -I$(srcdir)/src -I$(shell $(PG_CONFIG) --includedir)
 SHLIB_LINK = -lpq -lcurl -ljansson -lcrypto -lz
 
-REGRESS = schema validation matching expiry stats push rooms
+REGRESS = schema validation matching expiry stats push rooms privileges
 REGRESS_OPTS = --temp-instance=tmp_check --temp-config=$(srcdir)/test/regress.conf
 ISOLATION = claim cancel
 ISOLATION_OPTS = --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/regress.conf

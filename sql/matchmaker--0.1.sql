@@ -88,6 +88,9 @@ CREATE TABLE matchmaker.intents (
 				CONSTRAINT intents_match_fkey
 				REFERENCES matchmaker.matches (id),
 	matched_at	timestamptz,
+	-- the role that inserted the intent: the only role, besides superusers,
+	-- that sees and cancels it (see the row security policies below)
+	created_by	name NOT NULL DEFAULT current_user,
 	CONSTRAINT intents_matched_has_match
 		CHECK (status <> 'matched' OR match_id IS NOT NULL),
 	CONSTRAINT intents_waiting_has_no_match
@@ -139,11 +142,14 @@ CREATE TABLE matchmaker.outbox (
 
 CREATE INDEX outbox_due ON matchmaker.outbox (next_attempt_at)
 	WHERE status = 'pending';
+-- how matchmaker.app_intents finds the push of an intent
+CREATE INDEX outbox_intent_id ON matchmaker.outbox (intent_id);
 
 /*
  * Push tokens the push service called dead (app uninstalled, token from
- * another project, malformed).  The app reads this to clean up its own
- * records, and deletes rows it has handled.
+ * another project, malformed).  A cleanup job of the app reads this to
+ * clean up the app's own records, and deletes rows it has handled.  It
+ * holds every app role's tokens, so matchmaker_app has no access.
  */
 CREATE TABLE matchmaker.dead_push_tokens (
 	push_token	text PRIMARY KEY,
@@ -278,12 +284,14 @@ AS 'MODULE_PATHNAME', 'matchmaker_webhook_signature';
 /*
  * The app calls this when a call is over, so that the room is destroyed
  * now rather than after matchmaker.room_lifetime.  Returns false if the
- * match does not exist or had already ended.
+ * match does not exist, had already ended, or (for matchmaker_app members)
+ * holds no intent of the caller.  It runs with the caller's rights, so the
+ * row security policies on matchmaker.matches decide which matches an app
+ * may end.
  */
 CREATE FUNCTION matchmaker.end_match(match_id bigint)
 RETURNS boolean
 LANGUAGE sql
-SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 	WITH ended AS (
@@ -360,3 +368,108 @@ SELECT pg_catalog.pg_extension_config_dump('matchmaker.moods',
 SELECT pg_catalog.pg_extension_config_dump('matchmaker.intents', '');
 SELECT pg_catalog.pg_extension_config_dump('matchmaker.matches', '');
 SELECT pg_catalog.pg_extension_config_dump('matchmaker.outbox', '');
+
+/*
+ * The role for the app's backend services.  Roles belong to the whole
+ * cluster, not to one database, so it is created only when missing and
+ * DROP EXTENSION leaves it behind.  It cannot log in: an operator grants
+ * it to the backend's own login role.
+ *
+ * A member may insert intents, read and cancel the intents its own role
+ * inserted (intents.created_by), read their results through
+ * matchmaker.app_intents, end its own matches and list the moods.  It has
+ * no access to push tokens, the outbox, dead_push_tokens, other roles'
+ * rows or the internal functions.
+ */
+DO $$
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles
+				   WHERE rolname = 'matchmaker_app') THEN
+		CREATE ROLE matchmaker_app NOLOGIN;
+	END IF;
+END
+$$;
+
+COMMENT ON ROLE matchmaker_app IS
+	'matchmaker: insert, read and cancel own intents; grant to app backends';
+
+/*
+ * Intents of one role are invisible to the others.  Superusers (the
+ * worker) and the tables' owner bypass these policies.
+ */
+ALTER TABLE matchmaker.intents ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY intents_own_select ON matchmaker.intents
+	FOR SELECT TO matchmaker_app
+	USING (created_by = current_user);
+CREATE POLICY intents_own_insert ON matchmaker.intents
+	FOR INSERT TO matchmaker_app
+	WITH CHECK (created_by = current_user);
+-- the before-update trigger allows apps no change but waiting -> cancelled
+CREATE POLICY intents_own_cancel ON matchmaker.intents
+	FOR UPDATE TO matchmaker_app
+	USING (created_by = current_user AND status = 'waiting')
+	WITH CHECK (created_by = current_user);
+
+/*
+ * matchmaker.end_match() sets ended_at on a match that holds an intent of
+ * the caller and has not ended yet.
+ */
+ALTER TABLE matchmaker.matches ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY matches_own_select ON matchmaker.matches
+	FOR SELECT TO matchmaker_app
+	USING (EXISTS (SELECT 1 FROM matchmaker.intents i
+				   WHERE i.match_id = matches.id
+				   AND i.created_by = current_user));
+CREATE POLICY matches_own_end ON matchmaker.matches
+	FOR UPDATE TO matchmaker_app
+	USING (ended_at IS NULL AND
+		   EXISTS (SELECT 1 FROM matchmaker.intents i
+				   WHERE i.match_id = matches.id
+				   AND i.created_by = current_user))
+	WITH CHECK (ended_at IS NOT NULL);
+
+/*
+ * What an app reads about its own intents: the status, the match, and
+ * for a matched intent the room, the join token and the whole push data
+ * that was queued for that user (with the provider's extra fields such as
+ * Agora's app_id and uid or LiveKit's url).  The view reads the tables
+ * with its owner's rights, so its own filter on created_by is what keeps
+ * other roles' rows out; security_barrier makes that filter run before
+ * any condition the caller adds.
+ */
+CREATE VIEW matchmaker.app_intents WITH (security_barrier) AS
+	SELECT i.id AS intent_id, i.user_id, i.mood, i.status, i.created_at,
+		   i.expires_at, i.match_id, i.matched_at,
+		   p.payload ->> 'room' AS room,
+		   p.payload ->> 'token' AS token,
+		   p.payload AS push_data
+	FROM matchmaker.intents i
+	LEFT JOIN LATERAL
+		(SELECT o.payload FROM matchmaker.outbox o
+		 WHERE o.intent_id = i.id
+		 ORDER BY o.id
+		 LIMIT 1) p ON true
+	WHERE i.created_by = current_user;
+
+COMMENT ON VIEW matchmaker.app_intents IS
+	'the calling role''s intents with their match, room and join token';
+
+-- trigger functions need no EXECUTE privilege to fire, and are never called directly
+REVOKE ALL ON FUNCTION matchmaker.intents_before_insert() FROM PUBLIC;
+REVOKE ALL ON FUNCTION matchmaker.intents_before_update() FROM PUBLIC;
+REVOKE ALL ON FUNCTION matchmaker.intents_before_delete() FROM PUBLIC;
+REVOKE ALL ON FUNCTION matchmaker.intents_wake() FROM PUBLIC;
+
+GRANT USAGE ON SCHEMA matchmaker TO matchmaker_app;
+GRANT SELECT ON matchmaker.moods TO matchmaker_app;
+GRANT INSERT (user_id, mood, push_token) ON matchmaker.intents
+	TO matchmaker_app;
+GRANT SELECT (id, user_id, mood, status, created_at, expires_at, match_id,
+			  matched_at, created_by),
+	UPDATE (status) ON matchmaker.intents TO matchmaker_app;
+GRANT SELECT (id, ended_at), UPDATE (ended_at) ON matchmaker.matches
+	TO matchmaker_app;
+GRANT SELECT ON matchmaker.app_intents TO matchmaker_app;
+GRANT EXECUTE ON FUNCTION matchmaker.end_match(bigint) TO matchmaker_app;

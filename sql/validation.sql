@@ -46,24 +46,23 @@ WHERE user_id = 'u1' AND status = 'waiting';
 
 DELETE FROM matchmaker.intents;
 
--- an app role with the grants the README gives can do its whole job
-CREATE ROLE regress_mm_app;
-GRANT USAGE ON SCHEMA matchmaker TO regress_mm_app;
-GRANT SELECT, INSERT, DELETE, UPDATE (status) ON matchmaker.intents TO regress_mm_app;
-GRANT SELECT ON matchmaker.moods TO regress_mm_app;
+-- an app role that is a member of matchmaker_app can do its whole job
+CREATE ROLE regress_mm_app IN ROLE matchmaker_app;
 SET ROLE regress_mm_app;
 INSERT INTO matchmaker.intents (user_id, mood, push_token)
 VALUES ('app1', 'happy', 'tok-a1'), ('app2', 'sad', 'tok-a2');
 UPDATE matchmaker.intents SET status = 'cancelled'
 WHERE user_id = 'app1' AND status = 'waiting';
-DELETE FROM matchmaker.intents WHERE user_id = 'app2' AND status = 'waiting';
+UPDATE matchmaker.intents SET status = 'cancelled'
+WHERE user_id = 'app2' AND status = 'waiting';
 SELECT user_id, status FROM matchmaker.intents WHERE user_id LIKE 'app%';
 -- but not the worker's part
 INSERT INTO matchmaker.intents (user_id, mood, push_token)
 VALUES ('app3', 'happy', 'tok-a3');
 UPDATE matchmaker.intents SET status = 'expired'
 WHERE user_id = 'app3' AND status = 'waiting';
-SELECT count(*) FROM matchmaker.matches;
+SELECT * FROM matchmaker.matches;
+DELETE FROM matchmaker.intents WHERE user_id = 'app3';
 UPDATE matchmaker.intents SET match_id = 1 WHERE user_id = 'app1';
 RESET ROLE;
 DELETE FROM matchmaker.intents;

@@ -12,6 +12,11 @@
  * The worker adds those sockets to the same WaitEventSet that carries its
  * latch and its LISTEN connection, so one wait serves everything.
  *
+ * Every request speaks only http or https, never follows a redirect, and
+ * verifies the peer's TLS certificate and host name against the system's
+ * CA bundle or matchmaker.ca_file.  Error texts pass through
+ * mm_redact_secrets() before they are logged or stored.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -35,6 +40,7 @@ typedef struct MMHttpRequest
 	bool		too_large;
 	int			retry_after_ms;
 	char		errbuf[CURL_ERROR_SIZE];
+	char	   *credential;		/* Authorization header's token, or NULL */
 	MMHttpDone	done;
 	void	   *arg;
 	MemoryContext cxt;			/* where the callback allocates */
@@ -49,6 +55,12 @@ typedef struct MMSocket
 static CURLM *multi = NULL;
 static int	inflight = 0;
 static TimestampTz timer_deadline = 0;	/* 0: no timer requested */
+
+/*
+ * Credential of the request whose callback is running, so that
+ * mm_redact_secrets() can remove it from a response that echoes it.
+ */
+static const char *answering_credential = NULL;
 
 /* sockets libcurl requested to watch; about two per request slot */
 static MMSocket *sockets = NULL;
@@ -235,6 +247,66 @@ mm_http_post(const char *url, const char *body, const char *const *headers,
 }
 
 /*
+ * Restrict a handle to http and https, refuse redirects and require a
+ * verified TLS peer.  Returns the first option libcurl rejected, or
+ * CURLE_OK.
+ */
+static CURLcode
+set_security_options(CURL *easy)
+{
+	CURLcode	rc = CURLE_OK;
+
+#if LIBCURL_VERSION_NUM >= 0x075500
+	rc = curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+	if (rc == CURLE_OK)
+		rc = curl_easy_setopt(easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+#else
+	rc = curl_easy_setopt(easy, CURLOPT_PROTOCOLS,
+						  (long) (CURLPROTO_HTTP | CURLPROTO_HTTPS));
+	if (rc == CURLE_OK)
+		rc = curl_easy_setopt(easy, CURLOPT_REDIR_PROTOCOLS,
+							  (long) (CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+
+	/*
+	 * A redirect could send the request, with its credentials, to a host
+	 * that no setting names.  A 3xx response fails instead, as
+	 * mm_http_classify() decides.
+	 */
+	if (rc == CURLE_OK)
+		rc = curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
+	if (rc == CURLE_OK)
+		rc = curl_easy_setopt(easy, CURLOPT_MAXREDIRS, 0L);
+
+	/* libcurl's defaults, set anyway so that nothing can turn them off */
+	if (rc == CURLE_OK)
+		rc = curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
+	if (rc == CURLE_OK)
+		rc = curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
+	if (rc == CURLE_OK && mm_ca_file != NULL && mm_ca_file[0] != '\0')
+		rc = curl_easy_setopt(easy, CURLOPT_CAINFO, mm_ca_file);
+	return rc;
+}
+
+/*
+ * Keep the token of an Authorization header ("Bearer <token>"), so that
+ * an error text quoting it can be redacted.
+ */
+static void
+note_credential(MMHttpRequest *req, const char *header)
+{
+	static const char name[] = "authorization:";
+	const char *token;
+
+	if (pg_strncasecmp(header, name, sizeof(name) - 1) != 0)
+		return;
+	token = strrchr(header, ' ');
+	token = token ? token + 1 : header + sizeof(name) - 1;
+	if (*token != '\0')
+		req->credential = MemoryContextStrdup(mm_job_context, token);
+}
+
+/*
  * Start a POST as described by spec; see mm_http_post().
  */
 void
@@ -264,10 +336,21 @@ mm_http_request(const MMHttpSpec *spec, MMHttpDone done, void *arg)
 	req->headers = curl_slist_append(NULL, content_type);
 	req->headers = curl_slist_append(req->headers, "Expect:");
 	for (int i = 0; headers != NULL && headers[i] != NULL; i++)
+	{
 		req->headers = curl_slist_append(req->headers, headers[i]);
+		note_credential(req, headers[i]);
+	}
 
+	if (set_security_options(easy) != CURLE_OK)
+	{
+		curl_slist_free_all(req->headers);
+		curl_easy_cleanup(easy);
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("libcurl rejected the TLS, protocol or redirect options"),
+				 errdetail("libcurl %s is in use.", curl_version_info(CURLVERSION_NOW)->version)));
+	}
 	curl_easy_setopt(easy, CURLOPT_URL, spec->url);
-	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, (long) mm_connect_timeout);
 	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) mm_request_timeout);
@@ -312,6 +395,8 @@ mm_http_request(const MMHttpSpec *spec, MMHttpDone done, void *arg)
 	{
 		curl_slist_free_all(req->headers);
 		curl_easy_cleanup(easy);
+		if (req->credential)
+			pfree(req->credential);
 		pfree(req);
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
@@ -406,18 +491,24 @@ finish(CURL *easy, CURLcode code)
 	resp.body = req->resp ? req->resp : "";
 	resp.body_len = req->resp_len;
 	resp.retry_after_ms = req->retry_after_ms;
+	if (resp.status >= 300 && resp.status < 400)
+		curl_easy_getinfo(easy, CURLINFO_REDIRECT_URL, &resp.redirect_url);
 
 	oldcxt = MemoryContextSwitchTo(req->cxt);
+	answering_credential = req->credential;
 	PG_TRY();
 	{
 		req->done(&resp, req->arg);
 	}
 	PG_FINALLY();
 	{
+		answering_credential = NULL;
 		MemoryContextSwitchTo(oldcxt);
 		curl_slist_free_all(req->headers);
 		curl_easy_cleanup(easy);
 		free(req->resp);
+		if (req->credential)
+			pfree(req->credential);
 		pfree(req);
 	}
 	PG_END_TRY();
@@ -495,6 +586,15 @@ mm_http_classify(const MMHttpResponse *resp, MMOutcome *out)
 		return;
 	}
 
+	if (resp->status >= 300 && resp->status < 400)
+	{
+		out->error = psprintf("HTTP %ld: redirect to \"%.200s\" not followed; set the provider's final URL",
+							  resp->status,
+							  resp->redirect_url ? resp->redirect_url : "");
+		out->result = MM_FAIL;
+		return;
+	}
+
 	{
 		char		snippet[201];
 		size_t		n = Min(resp->body_len, sizeof(snippet) - 1);
@@ -515,4 +615,79 @@ mm_http_classify(const MMHttpResponse *resp, MMOutcome *out)
 		out->result = MM_RETRY;
 	else
 		out->result = MM_FAIL;
+}
+
+/*
+ * Return a copy of text, allocated in cxt, with every secret it contains
+ * replaced by "[redacted]": the webhook secret, the Agora certificate,
+ * the LiveKit API secret, and the Authorization token of the request
+ * whose response is being handled (an FCM access token, an APNs or LiveKit
+ * JWT), which a peer may echo in an error body.  The key files' contents
+ * never reach an error text, so they need no redaction.
+ *
+ * XXX: a secret cut short anywhere but at the end of text, as by the
+ * "%.50s" of a provider's error code, is not found.
+ */
+char *
+mm_redact_secrets(MemoryContext cxt, const char *text)
+{
+	const char *secrets[4];
+	StringInfoData buf;
+	const char *p;
+
+	if (text == NULL)
+		return NULL;
+
+	/* a whsec_ secret is redacted from its key part on */
+	secrets[0] = mm_webhook_secret;
+	if (secrets[0] != NULL && strncmp(secrets[0], "whsec_", 6) == 0)
+		secrets[0] += 6;
+	secrets[1] = mm_agora_app_certificate;
+	secrets[2] = mm_livekit_api_secret;
+	secrets[3] = answering_credential;
+
+	initStringInfo(&buf);
+	p = text;
+	while (*p != '\0')
+	{
+		size_t		skip = 0;
+
+		for (int i = 0; i < lengthof(secrets); i++)
+		{
+			size_t		len = secrets[i] ? strlen(secrets[i]) : 0;
+			size_t		remaining;
+
+			if (len == 0)
+				continue;
+			if (strncmp(p, secrets[i], len) == 0)
+			{
+				skip = len;
+				break;
+			}
+
+			/*
+			 * An error keeps only the start of a long body, so the text
+			 * may end inside a secret: redact a tail of 8 or more bytes
+			 * that starts it.
+			 */
+			remaining = strlen(p);
+			if (remaining >= 8 && remaining < len &&
+				strncmp(p, secrets[i], remaining) == 0)
+			{
+				skip = remaining;
+				break;
+			}
+		}
+		if (skip > 0)
+		{
+			appendStringInfoString(&buf, "[redacted]");
+			p += skip;
+		}
+		else
+			appendStringInfoChar(&buf, *p++);
+	}
+
+	p = MemoryContextStrdup(cxt, buf.data);
+	pfree(buf.data);
+	return (char *) p;
 }

@@ -42,6 +42,7 @@ PG_FUNCTION_INFO_V1(matchmaker_intents_wake);
  */
 MMShared   *mm_shared = NULL;
 
+static emit_log_hook_type prev_emit_log_hook = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static bool wake_at_commit = false;
@@ -111,6 +112,7 @@ int			mm_room_provider = MM_ROOM_JANUS;
 char	   *mm_room_url = NULL;
 int			mm_push_provider = MM_PUSH_WEBHOOK;
 char	   *mm_push_url = NULL;
+char	   *mm_ca_file = NULL;
 int			mm_intent_ttl = 60;
 int			mm_max_attempts = 8;
 int			mm_retry_base = 500;
@@ -153,6 +155,50 @@ static const struct config_enum_entry push_provider_options[] = {
 	{NULL, 0, false}
 };
 
+/* settings whose values must never reach the server log */
+static const char *const secret_settings[] = {
+	"matchmaker.webhook_secret",
+	"matchmaker.agora_app_certificate",
+	"matchmaker.livekit_api_secret",
+};
+
+/*
+ * Log hook that drops the value from PostgreSQL's own messages about a
+ * secret setting.  On reload the postmaster logs every changed setting
+ * with its new value, superuser-only or not, and a rejected value is
+ * quoted in the error.  The messages are recognised by their
+ * untranslated format, and rewritten without the value.
+ */
+static void
+hide_secret_settings(ErrorData *edata)
+{
+	static const char changed[] = "parameter \"%s\" changed to \"%s\"";
+	static const char invalid[] = "invalid value for parameter \"%s\": \"%s\"";
+
+	if (edata->message_id != NULL && edata->message != NULL &&
+		(strcmp(edata->message_id, changed) == 0 ||
+		 strcmp(edata->message_id, invalid) == 0))
+	{
+		for (int i = 0; i < lengthof(secret_settings); i++)
+		{
+			char	   *quoted = psprintf("\"%s\"", secret_settings[i]);
+
+			if (strstr(edata->message, quoted) != NULL)
+			{
+				if (strcmp(edata->message_id, changed) == 0)
+					edata->message = psprintf("parameter %s changed", quoted);
+				else
+					edata->message = psprintf("invalid value for parameter %s",
+											  quoted);
+				break;
+			}
+		}
+	}
+
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
 /*
  * Check hook for URL settings: empty (not configured) or http(s).  Other
  * schemes would fail every request, so they are rejected at reload.
@@ -166,6 +212,26 @@ check_url(char **newval, void **extra, GucSource source)
 		return true;
 	GUC_check_errdetail("The URL must start with http:// or https://.");
 	return false;
+}
+
+/*
+ * Check hook for matchmaker.ca_file: empty (the system's CA bundle) or a
+ * file the server can read.  A bad path is reported at reload, and the
+ * previous setting stays.
+ */
+static bool
+check_ca_file(char **newval, void **extra, GucSource source)
+{
+	const char *error;
+
+	if (*newval == NULL || **newval == '\0')
+		return true;
+	if (!mm_check_readable_file(*newval, &error))
+	{
+		GUC_check_errdetail("%s", error);
+		return false;
+	}
+	return true;
 }
 
 static void
@@ -212,6 +278,14 @@ define_settings(void)
 							   "http://127.0.0.1:8089/push",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
 							   check_url, NULL, NULL);
+
+	DefineCustomStringVariable("matchmaker.ca_file",
+							   "File of CA certificates that verify providers' TLS certificates.",
+							   "Empty uses the system's default CA bundle.",
+							   &mm_ca_file,
+							   "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   check_ca_file, NULL, NULL);
 
 	DefineCustomIntVariable("matchmaker.intent_ttl",
 							"How long a waiting intent lives.",
@@ -443,6 +517,9 @@ _PG_init(void)
 	BackgroundWorker worker;
 
 	define_settings();
+
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = hide_secret_settings;
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;

@@ -47,6 +47,7 @@ extern int	mm_room_provider;
 extern char *mm_room_url;
 extern int	mm_push_provider;
 extern char *mm_push_url;
+extern char *mm_ca_file;
 extern int	mm_intent_ttl;
 extern int	mm_max_attempts;
 extern int	mm_retry_base;
@@ -97,6 +98,7 @@ typedef struct MMHttpResponse
 	long		status;			/* HTTP status, 0 if none came */
 	int			curl_code;		/* CURLcode */
 	const char *curl_error;		/* curl's message when curl_code != 0 */
+	const char *redirect_url;	/* Location of a 3xx answer, or NULL */
 	const char *body;			/* NUL-terminated, may be empty */
 	size_t		body_len;
 	int			retry_after_ms; /* parsed Retry-After, or -1 */
@@ -127,6 +129,7 @@ extern long mm_http_timeout_ms(void);
 extern void mm_http_perform(void);
 extern void mm_http_socket_ready(int fd, uint32 wl_events);
 extern void mm_http_classify(const MMHttpResponse *resp, MMOutcome *out);
+extern char *mm_redact_secrets(MemoryContext cxt, const char *text);
 
 /* json.c */
 extern char *mm_json_dump(json_t *value);
@@ -147,6 +150,7 @@ extern char *mm_jwt_sign(json_t *header, json_t *claims, struct evp_pkey_st *key
 extern char *mm_jwt_sign_hs256(json_t *header, json_t *claims,
 							   const char *secret);
 extern char *mm_read_secret_file(const char *path, const char **error);
+extern bool mm_check_readable_file(const char *path, const char **error);
 extern char *mm_agora_token(const char *app_id, const char *certificate,
 							const char *channel, uint32 uid, uint32 issue_ts,
 							uint32 expire, uint32 salt, bool publisher,

@@ -224,6 +224,48 @@ mm_jwt_sign(json_t *header, json_t *claims, EVP_PKEY *key, const char **error)
 }
 
 /*
+ * Stat path and check that it is a regular file.  Returns false with
+ * *error set otherwise.
+ */
+static bool
+stat_regular_file(const char *path, struct stat *st, const char **error)
+{
+	if (stat(path, st) != 0)
+	{
+		*error = psprintf("could not stat file \"%s\": %m", path);
+		return false;
+	}
+	if (!S_ISREG(st->st_mode))
+	{
+		*error = psprintf("\"%s\" is not a regular file", path);
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Check that path is a regular file the server's OS user can read, such
+ * as a CA bundle.  Unlike a key file, it may be readable by others.
+ */
+bool
+mm_check_readable_file(const char *path, const char **error)
+{
+	struct stat st;
+	FILE	   *f;
+
+	if (!stat_regular_file(path, &st, error))
+		return false;
+	f = fopen(path, "r");
+	if (f == NULL)
+	{
+		*error = psprintf("could not open file \"%s\": %m", path);
+		return false;
+	}
+	fclose(f);
+	return true;
+}
+
+/*
  * Read a key file the way the server treats its own TLS key: it must be
  * a regular file of reasonable size, with no group or other access.
  * Returns the palloc'd contents, or NULL with *error set.  The error text
@@ -237,16 +279,8 @@ mm_read_secret_file(const char *path, const char **error)
 	char	   *buf;
 	size_t		n;
 
-	if (stat(path, &st) != 0)
-	{
-		*error = psprintf("could not stat file \"%s\": %m", path);
+	if (!stat_regular_file(path, &st, error))
 		return NULL;
-	}
-	if (!S_ISREG(st.st_mode))
-	{
-		*error = psprintf("\"%s\" is not a regular file", path);
-		return NULL;
-	}
 	if (st.st_mode & (S_IRWXG | S_IRWXO))
 	{
 		*error = psprintf("key file \"%s\" has group or world access; "

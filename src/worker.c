@@ -420,6 +420,8 @@ lease_ms(void)
 void
 mm_room_done(MMRoomJob *job)
 {
+	/* the error is logged and stored: keep secrets out of it */
+	job->outcome.error = mm_redact_secrets(job->cxt, job->outcome.error);
 	job->next = rooms_done;
 	rooms_done = job;
 }
@@ -427,6 +429,8 @@ mm_room_done(MMRoomJob *job)
 void
 mm_close_done(MMCloseJob *job)
 {
+	/* the error is logged and stored: keep secrets out of it */
+	job->outcome.error = mm_redact_secrets(job->cxt, job->outcome.error);
 	job->next = closes_done;
 	closes_done = job;
 }
@@ -434,6 +438,8 @@ mm_close_done(MMCloseJob *job)
 void
 mm_push_done(MMPushJob *job)
 {
+	/* the error is logged and stored: keep secrets out of it */
+	job->outcome.error = mm_redact_secrets(job->cxt, job->outcome.error);
 	job->next = pushes_done;
 	pushes_done = job;
 }

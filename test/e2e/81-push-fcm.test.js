@@ -16,6 +16,7 @@ const {
   fcmTokenRequests,
   makeFcmAccount,
   pairAndSettle,
+  trustFcmAccount,
 } = require('./push-providers.js');
 
 const SETTINGS = [
@@ -32,14 +33,7 @@ let account;
 test.before(async () => {
   await lib.resetAllSettings();
   account = makeFcmAccount();
-  await fcmControl({
-    reset: true,
-    publicKey: account.publicKey,
-    clientEmail: account.clientEmail,
-    keyId: account.keyId,
-    projectId: account.projectId,
-    expiresIn: 3599,
-  });
+  await trustFcmAccount(account);
   await lib.setSettings({
     'matchmaker.push_provider': 'fcm',
     'matchmaker.fcm_project_id': account.projectId,

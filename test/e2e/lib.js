@@ -10,9 +10,10 @@
 //   MM_PUSH_BASE, MM_PUSH_URL            fake push receiver
 //   MM_ROOMS_BASE, MM_ROOMS_URL          fake "http" room provider
 
-const { execFile } = require('node:child_process');
+const { execFile, spawn } = require('node:child_process');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
+const path = require('node:path');
 
 const env = {
   janusUrl: process.env.MM_JANUS_URL,
@@ -276,6 +277,35 @@ function serverLogSize() {
   return fs.statSync(env.pgLog).size;
 }
 
+// Start a push receiver of the calling test's own, with extra options of
+// test/fake/push-receiver.js such as --tls-cert and --tls-key. Returns
+// its port and stop(), which the test calls when it is done with it.
+async function startPushReceiver(options = []) {
+  const script = path.join(__dirname, '..', 'fake', 'push-receiver.js');
+  const child = spawn(process.execPath, [script, '--port', '0', ...options],
+    { stdio: ['ignore', 'pipe', 'inherit'] });
+  let output = '';
+  const port = await new Promise((resolve, reject) => {
+    child.stdout.on('data', (chunk) => {
+      output += chunk;
+      const match = /^listening 127\.0\.0\.1:(\d+)$/m.exec(output);
+      if (match) {
+        resolve(Number(match[1]));
+      }
+    });
+    child.on('exit', (code) => reject(new Error(`push receiver exited with code ${code}: ${output}`)));
+  });
+  const stop = () => new Promise((resolve) => {
+    if (child.exitCode !== null) {
+      resolve();
+      return;
+    }
+    child.once('exit', resolve);
+    child.kill('SIGTERM');
+  });
+  return { port, stop };
+}
+
 async function httpJson(url, options = {}) {
   const response = await fetch(url, {
     ...options,
@@ -476,6 +506,7 @@ module.exports = {
   settledMatch,
   sleep,
   sql,
+  startPushReceiver,
   users,
   waitFor,
   waitForIntents,

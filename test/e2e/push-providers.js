@@ -92,6 +92,20 @@ function fcmControl(body) {
   return fakeRequest(`${fcmBase}/control`, body);
 }
 
+// Reset the FCM fake and give it account's public key and identity, so
+// that it accepts the worker's assertions and issues access tokens that
+// last an hour.
+function trustFcmAccount(account) {
+  return fcmControl({
+    reset: true,
+    publicKey: account.publicKey,
+    clientEmail: account.clientEmail,
+    keyId: account.keyId,
+    projectId: account.projectId,
+    expiresIn: 3599,
+  });
+}
+
 // Return the send requests the FCM fake got whose token starts with prefix.
 function fcmDeliveries(prefix) {
   return fakeRequest(`${fcmBase}/deliveries?to=${encodeURIComponent(prefix)}`);
@@ -171,4 +185,5 @@ module.exports = {
   makeApnsKey,
   makeFcmAccount,
   pairAndSettle,
+  trustFcmAccount,
 };

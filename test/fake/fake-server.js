@@ -7,7 +7,9 @@
 // Both fakes keep all state in memory and never touch the file system
 // while serving, so they stay fast under load.
 
+const fs = require('node:fs');
 const http = require('node:http');
+const https = require('node:https');
 
 // Parse "--port N" (or the PORT environment variable). Port 0 lets the
 // kernel pick a free port; the fake prints the port it got.
@@ -154,10 +156,28 @@ function parseControl(body, extraKinds = []) {
   return result;
 }
 
+// Parse "--tls-cert FILE --tls-key FILE". Returns the PEM texts as
+// https.createServer options, or undefined when neither is given.
+function parseTls(argv) {
+  const certIndex = argv.indexOf('--tls-cert');
+  const keyIndex = argv.indexOf('--tls-key');
+  if (certIndex < 0 && keyIndex < 0) {
+    return undefined;
+  }
+  if (certIndex < 0 || keyIndex < 0) {
+    throw new Error('--tls-cert and --tls-key must be given together');
+  }
+  return {
+    cert: fs.readFileSync(argv[certIndex + 1]),
+    key: fs.readFileSync(argv[keyIndex + 1]),
+  };
+}
+
 // Start an HTTP server on 127.0.0.1 that passes each request and its body
 // to handle(request, body, response), and print "listening HOST:PORT".
-function serve(port, handle) {
-  const server = http.createServer(async (request, response) => {
+// With tls (certificate and key, see parseTls) it serves HTTPS instead.
+function serve(port, handle, tls) {
+  const listener = async (request, response) => {
     try {
       const body = await readBody(request);
       await handle(request, body, response);
@@ -168,7 +188,8 @@ function serve(port, handle) {
         response.destroy();
       }
     }
-  });
+  };
+  const server = tls ? https.createServer(tls, listener) : http.createServer(listener);
   server.keepAliveTimeout = 30000;
   server.listen({ port, host: '127.0.0.1', backlog: 1024 }, () => {
     const address = server.address();
@@ -194,6 +215,7 @@ module.exports = {
   parseControl,
   parseJson,
   parsePort,
+  parseTls,
   readBody,
   sendJson,
   sendText,

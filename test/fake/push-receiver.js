@@ -4,14 +4,18 @@
 // Fake webhook push receiver for the end-to-end tests.
 //
 //   node push-receiver.js --port N [--webhook-secret whsec_...]
+//                         [--tls-cert FILE --tls-key FILE]
 //
-// --port 0 picks a free port. With a webhook secret, every delivery is
+// --port 0 picks a free port. With a certificate and key (PEM files) it
+// serves HTTPS. With a webhook secret, every delivery is
 // verified as a Standard Webhooks message with the standardwebhooks
 // package: webhook-id, webhook-timestamp (within 5 minutes of now) and a
 // v1 webhook-signature over the raw body.
 //
 // POST /push      records the delivery and responds 200, or what the
-//                 control rules say.
+//                 control rules say. A POST to any other path but
+//                 /control is a delivery too, so the receiver can stand
+//                 in for a provider API that a test expects to fail.
 // GET /deliveries returns every recorded delivery, oldest first. With
 //                 ?to=PREFIX only those whose body "to" starts with PREFIX.
 // POST /control   changes the responses, with a JSON object:
@@ -19,6 +23,13 @@
 //                   the next N deliveries get that status (default 503)
 //                   and, if given, a Retry-After header. "date+S" sends an
 //                   HTTP date S seconds after the response.
+//                 {"fail": N, "status": 401, "echoHeaders": true}
+//                   the same, with the request's headers in the error
+//                   body, authorization first, as a careless server
+//                   might send them back.
+//                 {"redirect": N, "location": URL, "status": 302}
+//                   the next N deliveries get that redirect status
+//                   (default 302) with a Location header.
 //                 {"delayMs": M} delays every response by M ms.
 //                 {"to": PREFIX, ...} limits "fail" and "delayMs" to
 //                   deliveries whose body "to" starts with PREFIX.
@@ -41,6 +52,7 @@ const {
   parseControl,
   parseJson,
   parsePort,
+  parseTls,
   sendJson,
   sleep,
   serve,
@@ -118,12 +130,40 @@ async function receivePush(request, text, response) {
     if (rule.retryAfter !== undefined) {
       headers['Retry-After'] = formatRetryAfter(rule.retryAfter);
     }
+    if (rule.kind === 'redirect') {
+      headers.Location = rule.location;
+    }
     delivery.status = rule.status;
     delivery.retryAfter = headers['Retry-After'];
-    sendJson(response, rule.status, { error: `fake failure ${rule.status}` }, headers);
+    const failure = rule.echoHeaders
+      ? { authorization: request.headers.authorization, headers: request.headers }
+      : { error: `fake failure ${rule.status}` };
+    sendJson(response, rule.status, failure, headers);
     return;
   }
   sendJson(response, 200, { ok: true });
+}
+
+// Turn the "redirect" fields of a POST /control body into a rule. Throws
+// an Error with a message for the client.
+function parseRedirect(body) {
+  const status = body.status ?? 302;
+  if (!Number.isInteger(body.redirect) || body.redirect < 1) {
+    throw new Error('"redirect" must be a positive integer');
+  }
+  if (!Number.isInteger(status) || status < 300 || status > 399) {
+    throw new Error('"status" of a redirect must be a 3xx code');
+  }
+  if (typeof body.location !== 'string' || body.location === '') {
+    throw new Error('"location" must be a URL');
+  }
+  return {
+    kind: 'redirect',
+    count: body.redirect,
+    status,
+    location: body.location,
+    prefix: body.to ?? '',
+  };
 }
 
 function control(text, response) {
@@ -132,6 +172,12 @@ function control(text, response) {
   let verifier;
   try {
     parsed = parseControl(body);
+    if (body.echoHeaders === true) {
+      parsed.rules.forEach((rule) => { rule.echoHeaders = true; });
+    }
+    if (body.redirect !== undefined) {
+      parsed.rules.push(parseRedirect(body));
+    }
     if (body.webhookSecret !== undefined) {
       verifier = makeVerifier(body.webhookSecret);
     }
@@ -160,7 +206,7 @@ function control(text, response) {
 async function handle(request, text, response) {
   const url = new URL(request.url, 'http://127.0.0.1');
 
-  if (request.method === 'POST' && url.pathname === '/push') {
+  if (request.method === 'POST' && url.pathname !== '/control') {
     await receivePush(request, text, response);
   } else if (request.method === 'GET' && url.pathname === '/deliveries') {
     const prefix = url.searchParams.get('to');
@@ -177,4 +223,4 @@ async function handle(request, text, response) {
   }
 }
 
-serve(parsePort(process.argv), handle);
+serve(parsePort(process.argv), handle, parseTls(process.argv));
