@@ -233,7 +233,8 @@ CREATE TRIGGER intents_wake
 
 /*
  * One matching pass: pairs waiting intents of the same mood, oldest first,
- * and returns the number of matches made.  The worker runs the same code;
+ * taking at most max_intents of each mood, and returns the number of
+ * matches made.  The worker runs the same code;
  * calling it by hand is how the tests make matching deterministic.
  */
 CREATE FUNCTION matchmaker.match_pass(max_intents integer DEFAULT 1000)

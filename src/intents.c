@@ -8,7 +8,7 @@
  * before-update trigger keeps status changes to the transitions of the
  * state machine: apps may only cancel a waiting intent, and every other
  * change is the worker's.  The table's CHECK constraints and its unique
- * index stay as the last line of defence; these triggers give the errors
+ * index stay as the last line of defence.  These triggers give the errors
  * an app developer can act on.
  *
  * Both run once per row on the insert path of every app, so they are C
@@ -53,8 +53,8 @@ static const char *waiting_sql =
 "  AND i.status OPERATOR(pg_catalog.=) 'waiting'";
 
 /*
- * The trigger data of a row trigger on matchmaker.intents fired at the
- * given time, or an error when the function is called some other way.
+ * Return the trigger data of a BEFORE row trigger for INSERT or UPDATE,
+ * and raise an error when the function is called some other way.
  */
 static TriggerData *
 intents_trigger(FunctionCallInfo fcinfo, const char *name, bool insert)
@@ -73,7 +73,7 @@ intents_trigger(FunctionCallInfo fcinfo, const char *name, bool insert)
 	return trigdata;
 }
 
-/* The value of a named text column of a row, or NULL. */
+/* Return the value of a named text column of a row, or NULL. */
 static char *
 text_column(HeapTuple tuple, TupleDesc desc, const char *column)
 {
@@ -85,8 +85,8 @@ text_column(HeapTuple tuple, TupleDesc desc, const char *column)
 }
 
 /*
- * Whether a query with one text argument finds a row, run as the owner of
- * the table the trigger fired on.
+ * Return whether a query with one text argument finds a row.  The query
+ * runs as the owner of the table the trigger fired on.
  */
 static bool
 owner_finds(Relation rel, SPIPlanPtr *plan, const char *sql, const char *arg)
@@ -117,7 +117,7 @@ owner_finds(Relation rel, SPIPlanPtr *plan, const char *sql, const char *arg)
 }
 
 /*
- * Check that a text column holds between 1 and max_bytes bytes.
+ * Check that a text column contains between 1 and max_bytes bytes.
  */
 static void
 check_length(const char *column, const char *value, int max_bytes)
@@ -181,7 +181,7 @@ matchmaker_intents_before_insert(PG_FUNCTION_ARGS)
 				 errhint("Cancel it first: UPDATE matchmaker.intents SET status = 'cancelled'.")));
 	SPI_finish();
 
-	/* a new intent has no match, and lives intent_ttl unless told */
+	/* a new intent has no match, and expires after intent_ttl by default */
 	cols[0] = SPI_fnumber(desc, "match_id");
 	cols[1] = SPI_fnumber(desc, "matched_at");
 	values[0] = values[1] = (Datum) 0;
@@ -207,8 +207,8 @@ matchmaker_intents_before_insert(PG_FUNCTION_ARGS)
 }
 
 /*
- * Whether the state machine allows an intent to go from one status to
- * another.
+ * Return whether the state machine allows an intent to go from one status
+ * to another.
  */
 static bool
 status_change_allowed(const char *from, const char *to)
@@ -221,7 +221,7 @@ status_change_allowed(const char *from, const char *to)
 	return false;
 }
 
-/* Whether two nullable strings differ, the way IS DISTINCT FROM does. */
+/* Return whether two nullable strings differ, as IS DISTINCT FROM does. */
 static bool
 distinct(const char *a, const char *b)
 {

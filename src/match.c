@@ -3,12 +3,12 @@
  * match.c
  *	  One matching pass: pair waiting intents of the same mood.
  *
- * The pass locks a batch of waiting intents with FOR UPDATE SKIP LOCKED,
- * ordered by mood and age, and pairs neighbours within each mood, so the
- * oldest waiter of a mood always goes first.  Rows another transaction
- * has locked (a concurrent matcher, or an app cancelling its intent) are
- * skipped, never waited for and never paired twice.  All pairs of a pass
- * are written with two statements.
+ * The pass locks up to batch_size waiting intents of each mood with FOR
+ * UPDATE SKIP LOCKED, oldest first, and pairs neighbours within each mood,
+ * so the oldest waiter of a mood always goes first.  Rows another
+ * transaction has locked (a concurrent matcher, or an app cancelling its
+ * intent) are skipped, never waited for and never paired twice.  All
+ * pairs of a pass are written with one statement.
  *
  * The caller owns the transaction: the worker runs one pass per short
  * transaction, and matchmaker.match_pass() runs one inside the caller's.

@@ -357,7 +357,7 @@ define_settings(void)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("matchmaker.batch_size",
-							"Most intents one matching pass looks at.",
+							"Most waiting intents of each mood one matching pass takes.",
 							NULL,
 							&mm_batch_size,
 							1000, 2, 100000,
