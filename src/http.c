@@ -225,7 +225,8 @@ mm_http_init(void)
 	 * limit instead.
 	 */
 	curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
-	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, 1000L);
+	/* idle connections kept for reuse, as many as max_inflight can be */
+	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, 512L);
 }
 
 /*

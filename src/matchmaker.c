@@ -336,9 +336,9 @@ define_settings(void)
 							NULL, NULL, NULL);
 
 	/*
-	 * Each request in flight may hold a socket, and the worker also needs
-	 * file descriptors for its tables and its wait event set; 512 stays
-	 * within the common soft limit of 1024 open files.
+	 * Each request in flight holds a socket, and libcurl keeps up to 512
+	 * idle connections for reuse besides.  The worker raises its soft
+	 * limit on open files to the hard limit at start for them.
 	 */
 	DefineCustomIntVariable("matchmaker.max_inflight",
 							"Most provider requests the worker keeps open at once.",

@@ -30,6 +30,8 @@
  */
 #include "postgres.h"
 
+#include <sys/resource.h>
+
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/pg_authid.h"
@@ -1455,6 +1457,27 @@ sleep_ms(TimestampTz next_poll)
 	return ms;
 }
 
+/*
+ * Raise this process's soft limit on open files to the hard limit.  Every
+ * request in flight, and every idle connection libcurl keeps for reuse,
+ * is a socket; with a soft limit of 1024, a few hundred requests to two
+ * providers next to PostgreSQL's own files ran out of descriptors.
+ * PostgreSQL sized its file cache from the limit it started with, so the
+ * extra room goes to the sockets.
+ */
+static void
+raise_open_file_limit(void)
+{
+	struct rlimit lim;
+
+	if (getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur >= lim.rlim_max)
+		return;
+	lim.rlim_cur = lim.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &lim) != 0)
+		ereport(LOG,
+				(errmsg("matchmaker worker could not raise its open file limit: %m")));
+}
+
 void
 matchmaker_worker_main(Datum main_arg)
 {
@@ -1463,6 +1486,7 @@ matchmaker_worker_main(Datum main_arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
+	raise_open_file_limit();
 
 	BackgroundWorkerInitializeConnection(mm_database, NULL, 0);
 
