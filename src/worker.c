@@ -95,6 +95,13 @@ static int	jobs_inflight = 0;
 /* work that may be waiting beyond what the last claim took */
 static bool want_match = true;
 static bool want_rooms = true;
+
+/*
+ * Set while matches wait for a request slot.  Matching then pauses: new
+ * matches would only queue behind them, and the time is better spent on
+ * the requests that finish older ones.
+ */
+static bool rooms_backlog = false;
 static bool want_pushes = true;
 static bool want_closes = true;
 
@@ -931,7 +938,9 @@ claim_and_start(void)
 			want_pushes = false;	/* the poll timer tries again */
 	}
 
-	if (want_rooms && free_slots > 0)
+	if (want_rooms && free_slots <= 0)
+		rooms_backlog = true;
+	else if (want_rooms)
 	{
 		memset(&claim, 0, sizeof(claim));
 		claim.limit = free_slots;
@@ -947,7 +956,10 @@ claim_and_start(void)
 		}
 		else
 			want_rooms = false;
+		rooms_backlog = want_rooms;
 	}
+	else
+		rooms_backlog = false;
 }
 
 /* ---------------------------------------------------------------------
@@ -1448,7 +1460,7 @@ sleep_ms(TimestampTz next_poll)
 
 	if (rooms_done || pushes_done || closes_done ||
 		(extension_ready &&
-		 (want_match ||
+		 ((want_match && !rooms_backlog) ||
 		  (slots_free && (want_rooms || want_pushes || want_closes)))))
 		return 0;
 	ms = (now >= next_poll) ? 0 : (long) ((next_poll - now + 999) / 1000);
@@ -1621,7 +1633,7 @@ matchmaker_worker_main(Datum main_arg)
 			if (room_provider()->tick)
 				room_provider()->tick();
 		}
-		if (want_match)
+		if (want_match && !rooms_backlog)
 			run_matching();
 		claim_and_start();
 		if (want_closes)
