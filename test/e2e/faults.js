@@ -57,6 +57,11 @@ async function pgCtl(...args) {
   return run(command[0], command.slice(1));
 }
 
+// Run SQL through psql in another database of the cluster.
+function sqlIn(database, query) {
+  return run('psql', ['-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-d', database, '-c', query]);
+}
+
 // Stop the cluster with "pg_ctl -m immediate" (no checkpoint, like a
 // power cut for everything but the files) and start it again.
 async function restartImmediate() {
@@ -125,7 +130,9 @@ class IntentLoad {
       const from = this.inserted.length;
       const batch = this.makeUsers(this.batchSize, from)
         .map((u, i) => ({ ...u, mood: this.moods[(from + i) % this.moods.length] }));
-      await this.insertBatch(batch);
+      if (!(await this.insertBatch(batch))) {
+        break;
+      }
       const confirmedAt = Date.now();
       for (const user of batch) {
         this.inserted.push(user);
@@ -136,16 +143,17 @@ class IntentLoad {
   }
 
   // Insert the users of the batch that are not in the table yet, retrying
-  // every 200 ms until the whole batch is present.
+  // every 200 ms until the whole batch is present. Returns false when the
+  // load was stopped before that.
   async insertBatch(batch) {
-    for (;;) {
+    while (this.running) {
       try {
         const present = new Set((await lib.intentsOf(batch)).map((i) => i.user_id));
         const missing = batch.filter((u) => !present.has(u.user));
         if (missing.length > 0) {
           await lib.insertIntents(missing);
         }
-        return;
+        return true;
       } catch (error) {
         this.failedAttempts += 1;
         this.lastError = error.message;
@@ -155,6 +163,7 @@ class IntentLoad {
         await lib.sleep(200);
       }
     }
+    return false;
   }
 
   // Users whose batch was confirmed in the table at or after time ms.
@@ -397,5 +406,6 @@ module.exports = {
   pgCtl,
   restartImmediate,
   settle,
+  sqlIn,
   timeToMatch,
 };
