@@ -114,10 +114,6 @@ test('LISTEN connection terminated under load', { timeout: 120000 }, async (t) =
   const listening = await probeThroughNotify(lib.users('flisten-up', 2), probeMood);
   t.diagnostic(`probe through NOTIFY while listening: ${listening} ms`);
 
-  // The load stops here: its commits set the worker's latch, which would
-  // hide a lost notification. What follows times the poll sweep alone.
-  const inserted = await load.stop();
-
   // End the LISTEN connection twice. The worker reconnects at once after
   // the first, but waits 5 s after a connection attempt before the next
   // (LISTEN_RETRY_MS in worker.c), so the second leaves it without a
@@ -129,6 +125,12 @@ test('LISTEN connection terminated under load', { timeout: 120000 }, async (t) =
     const pid = await faults.listenerPid();
     return pid !== first && pid;
   }, 15000, 'the worker to reconnect its LISTEN connection');
+
+  // The load stops before the second: its commits set the worker's latch,
+  // which would hide a lost notification, so the probes below time the
+  // poll sweep alone.
+  await lib.sleep(1000);
+  const inserted = await load.stop();
   await lib.sql(`SELECT pg_terminate_backend(${second})`);
   const downAt = Date.now();
   const latencies = [];
