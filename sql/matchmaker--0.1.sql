@@ -204,10 +204,15 @@ BEGIN
 	NEW.match_id := NULL;
 	NEW.matched_at := NULL;
 	IF NEW.expires_at IS NULL THEN
-		-- the setting reads back with its unit, such as '1min'
-		NEW.expires_at := NEW.created_at +
-			coalesce(nullif(current_setting('matchmaker.intent_ttl', true),
-							'')::interval, interval '60 seconds');
+		/*
+		 * The setting reads back with its unit, such as '1min' or '1d'.
+		 * Added as seconds, a day stays 86400 s long across a daylight
+		 * saving change of the session's TimeZone.
+		 */
+		NEW.expires_at := NEW.created_at + make_interval(secs =>
+			extract(epoch FROM
+					coalesce(nullif(current_setting('matchmaker.intent_ttl', true),
+									'')::interval, interval '60 seconds')));
 	END IF;
 	RETURN NEW;
 END
