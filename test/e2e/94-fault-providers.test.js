@@ -41,7 +41,8 @@ async function startLoad(name) {
 
 // Responses of the room service that are not a room. "hang" and "stall"
 // end in the worker's request timeout, the others in an invalid answer.
-const ROOM_FAULTS = ['hang', 'stall', 'html', 'truncated', 'huge', 'wrong-types', 'missing-user'];
+const ROOM_FAULTS = ['hang', 'stall', 'html', 'truncated', 'huge', 'wrong-types', 'missing-user',
+  'long-room', 'long-token'];
 const FAULTY_REQUESTS = 15;
 
 test('room service faults under load', { timeout: 180000 }, async (t) => {

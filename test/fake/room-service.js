@@ -72,6 +72,14 @@ const GARBAGE = {
     sendJson(response, 200, { room: nextRoomName(), tokens });
   },
   empty: (response) => sendText(response, 200, ''),
+  // One byte past the worker's limits: 255 bytes for a room name and
+  // 4096 for a token (MM_MAX_ROOM_LEN and MM_MAX_TOKEN_LEN).
+  'long-room': (response, body) => sendJson(response, 200, { room: 'r'.repeat(256), tokens: tokensFor(body.users) }),
+  'long-token': (response, body) => {
+    const tokens = tokensFor(body.users);
+    tokens[body.users[0]] = 't'.repeat(4097);
+    sendJson(response, 200, { room: nextRoomName(), tokens });
+  },
   // Never respond: the client must time out.
   hang: () => {},
   // Send the status line and half of a valid body, then nothing more.
