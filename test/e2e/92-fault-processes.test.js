@@ -13,7 +13,6 @@ const lib = require('./lib.js');
 const faults = require('./faults.js');
 
 const POLL_INTERVAL_MS = 300;
-const RATE = 100;
 
 test.before(async () => {
   await lib.resetAllSettings();
@@ -25,17 +24,9 @@ test.before(async () => {
 });
 test.after(lib.resetAllSettings);
 
-// Start a load of RATE intents/s over two moods of its own, and return it
-// with the user_id prefix of its users.
-async function startLoad(name) {
-  const moods = [await lib.newMood(`${name}-a`), await lib.newMood(`${name}-b`)];
-  const load = new faults.IntentLoad(name, moods, { ratePerSecond: RATE }).start();
-  return { load, prefix: `${name}-${lib.runTag}-` };
-}
-
-test('worker killed thrice under load', { timeout: 120000 }, async (t) => {
+test('worker killed four times under load', { timeout: 120000 }, async (t) => {
   const logOffset = lib.serverLogSize();
-  const { load, prefix } = await startLoad('fkill');
+  const { load, prefix } = await faults.startLoad(t, 'fkill');
   const probeMood = await lib.newMood('fkill-probe');
   const killed = [];
   await lib.sleep(1000);
@@ -68,7 +59,7 @@ test('worker killed thrice under load', { timeout: 120000 }, async (t) => {
 
 test('worker terminated under load', { timeout: 120000 }, async (t) => {
   const logOffset = lib.serverLogSize();
-  const { load, prefix } = await startLoad('fterm');
+  const { load, prefix } = await faults.startLoad(t, 'fterm');
   await lib.sleep(1000);
 
   const worker = await faults.oneWorker();
@@ -106,7 +97,7 @@ async function probeThroughNotify(pair, mood) {
 
 test('LISTEN connection terminated under load', { timeout: 120000 }, async (t) => {
   const logOffset = lib.serverLogSize();
-  const { load, prefix } = await startLoad('flisten');
+  const { load, prefix } = await faults.startLoad(t, 'flisten');
   const probeMood = await lib.newMood('flisten-probe');
   await lib.waitFor(faults.listenerPid, 15000, 'the worker\'s LISTEN connection');
 
@@ -163,7 +154,7 @@ test('LISTEN connection terminated under load', { timeout: 120000 }, async (t) =
 
 test('server stopped in immediate mode', { timeout: 120000 }, async (t) => {
   const logOffset = lib.serverLogSize();
-  const { load, prefix } = await startLoad('fimm');
+  const { load, prefix } = await faults.startLoad(t, 'fimm');
   const probeMood = await lib.newMood('fimm-probe');
   await lib.sleep(1500);
 

@@ -10,7 +10,6 @@ const lib = require('./lib.js');
 const faults = require('./faults.js');
 
 const POLL_INTERVAL_MS = 300;
-const RATE = 100;
 
 test.before(async () => {
   await lib.resetAllSettings();
@@ -30,8 +29,7 @@ function workerExits(log) {
 test('extension dropped and created under load', { timeout: 120000 }, async (t) => {
   const logOffset = lib.serverLogSize();
   const name = 'fdrop';
-  const moods = [await lib.newMood(`${name}-a`), await lib.newMood(`${name}-b`)];
-  const load = new faults.IntentLoad(name, moods, { ratePerSecond: RATE }).start();
+  const { load, prefix } = await faults.startLoad(t, name);
   const worker = await faults.oneWorker();
   await lib.sleep(1500);
 
@@ -51,26 +49,25 @@ test('extension dropped and created under load', { timeout: 120000 }, async (t) 
   // after the CREATE must be there and settle.
   const after = load.insertedSince(createdAt);
   assert.ok(after.length > 0, 'the load must insert after the CREATE');
-  await faults.assertInvariants(`${name}-${lib.runTag}-`, logOffset, { expectedUsers: after.map((u) => u.user) });
+  await faults.assertInvariants(prefix, logOffset, { expectedUsers: after.map((u) => u.user) });
   assert.equal((await faults.oneWorker()).pid, worker.pid, 'the worker must carry on');
   assert.deepEqual(workerExits(lib.serverLogSince(logOffset)), []);
 });
 
-test('unserved database dropped under load', { timeout: 120000 }, async () => {
+test('unserved database dropped under load', { timeout: 120000 }, async (t) => {
   const logOffset = lib.serverLogSize();
   const name = 'fdbo';
   const database = `fault_other_${lib.runTag}`;
-  const moods = [await lib.newMood(`${name}-a`), await lib.newMood(`${name}-b`)];
   const worker = await faults.oneWorker();
   await lib.sql(`CREATE DATABASE ${database}`);
   await faults.sqlIn(database, 'CREATE EXTENSION matchmaker');
-  const load = new faults.IntentLoad(name, moods, { ratePerSecond: RATE }).start();
+  const { load, prefix } = await faults.startLoad(t, name);
   await lib.sleep(1000);
 
   await lib.sql(`DROP DATABASE ${database} WITH (FORCE)`);
   await lib.sleep(1500);
   const inserted = await load.stop();
-  await faults.assertInvariants(`${name}-${lib.runTag}-`, logOffset, { expectedUsers: inserted.map((u) => u.user) });
+  await faults.assertInvariants(prefix, logOffset, { expectedUsers: inserted.map((u) => u.user) });
   assert.equal((await faults.oneWorker()).pid, worker.pid, 'the worker must carry on');
   assert.deepEqual(workerExits(lib.serverLogSince(logOffset)), []);
 });
@@ -97,6 +94,7 @@ test('served database dropped under load', { timeout: 120000 }, async (t) => {
   // A load in that database: while it runs, psql connects there by
   // default, so this test reaches the default database with sqlIn().
   const load = new faults.IntentLoad(name, ['happy', 'sad'], { ratePerSecond: 50 });
+  t.after(() => load.stop());
   const previous = process.env.PGDATABASE;
   process.env.PGDATABASE = database;
   let droppedAt;

@@ -172,6 +172,16 @@ class IntentLoad {
   }
 }
 
+// Start a load of ratePerSecond intents/s over two moods of its own, stopped
+// when the test ends even if a check fails. Returns the load and the
+// user_id prefix of its users.
+async function startLoad(t, name, ratePerSecond = 100) {
+  const moods = [await lib.newMood(`${name}-a`), await lib.newMood(`${name}-b`)];
+  const load = new IntentLoad(name, moods, { ratePerSecond }).start();
+  t.after(() => load.stop());
+  return { load, prefix: `${name}-${lib.runTag}-` };
+}
+
 // Wait until nothing of the users with this user_id prefix is in flight:
 // no pending match, no pending push, and at most one waiting intent per
 // mood (the odd one out).
@@ -381,8 +391,8 @@ async function assertInvariants(prefix, logOffset, options = {}) {
   return state;
 }
 
-// Return the milliseconds from fromMs until a match is made for a new
-// pair in mood, inserted at fromMs. Used to time recovery after a fault.
+// Insert a new pair in mood, retrying while the server is down, and return
+// the milliseconds from the first try until both are matched.
 async function timeToMatch(name, mood, timeoutMs = 30000) {
   const pair = lib.users(name, 2);
   const startedAt = Date.now();
@@ -407,5 +417,6 @@ module.exports = {
   restartImmediate,
   settle,
   sqlIn,
+  startLoad,
   timeToMatch,
 };
