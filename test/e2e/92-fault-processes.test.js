@@ -12,16 +12,7 @@ const assert = require('node:assert/strict');
 const lib = require('./lib.js');
 const faults = require('./faults.js');
 
-const POLL_INTERVAL_MS = 300;
-
-test.before(async () => {
-  await lib.resetAllSettings();
-  await lib.setSettings({
-    'matchmaker.room_provider': 'http',
-    'matchmaker.room_url': lib.env.roomsUrl,
-    'matchmaker.poll_interval': POLL_INTERVAL_MS,
-  });
-});
+test.before(() => faults.useFakeRooms());
 test.after(lib.resetAllSettings);
 
 test('worker killed four times under load', { timeout: 120000 }, async (t) => {
@@ -135,7 +126,7 @@ test('LISTEN connection terminated under load', { timeout: 120000 }, async (t) =
   assert.ok(latencies.length >= 3, `only ${latencies.length} probes ran while the LISTEN connection was down`);
   // The bound: one poll interval, plus time for psql and the matching pass
   // on a loaded 2-core machine.
-  const bound = POLL_INTERVAL_MS + 700;
+  const bound = faults.POLL_INTERVAL_MS + 700;
   assert.ok(Math.max(...latencies) <= bound,
     `a match took ${Math.max(...latencies)} ms with the LISTEN connection down, more than ${bound} ms`);
   assert.ok(downMs <= 5000 + 2000, `the LISTEN connection was down for ${downMs} ms`);

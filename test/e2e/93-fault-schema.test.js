@@ -9,17 +9,16 @@ const assert = require('node:assert/strict');
 const lib = require('./lib.js');
 const faults = require('./faults.js');
 
-const POLL_INTERVAL_MS = 300;
-
-test.before(async () => {
-  await lib.resetAllSettings();
-  await lib.setSettings({
-    'matchmaker.room_provider': 'http',
-    'matchmaker.room_url': lib.env.roomsUrl,
-    'matchmaker.poll_interval': POLL_INTERVAL_MS,
-  });
-});
+test.before(() => faults.useFakeRooms());
 test.after(lib.resetAllSettings);
+
+// Check the invariants for the users, and that the worker carried on
+// without exiting since logOffset.
+async function assertCarriedOn(prefix, logOffset, users, worker) {
+  await faults.assertInvariants(prefix, logOffset, { expectedUsers: users.map((u) => u.user) });
+  assert.equal((await faults.oneWorker()).pid, worker.pid, 'the worker must carry on');
+  assert.deepEqual(workerExits(lib.serverLogSince(logOffset)), []);
+}
 
 // Lines in which the postmaster reports that the worker exited.
 function workerExits(log) {
@@ -49,9 +48,7 @@ test('extension dropped and created under load', { timeout: 120000 }, async (t) 
   // after the CREATE must be there and settle.
   const after = load.insertedSince(createdAt);
   assert.ok(after.length > 0, 'the load must insert after the CREATE');
-  await faults.assertInvariants(prefix, logOffset, { expectedUsers: after.map((u) => u.user) });
-  assert.equal((await faults.oneWorker()).pid, worker.pid, 'the worker must carry on');
-  assert.deepEqual(workerExits(lib.serverLogSince(logOffset)), []);
+  await assertCarriedOn(prefix, logOffset, after, worker);
 });
 
 test('unserved database dropped under load', { timeout: 120000 }, async (t) => {
@@ -67,9 +64,7 @@ test('unserved database dropped under load', { timeout: 120000 }, async (t) => {
   await lib.sql(`DROP DATABASE ${database} WITH (FORCE)`);
   await lib.sleep(1500);
   const inserted = await load.stop();
-  await faults.assertInvariants(prefix, logOffset, { expectedUsers: inserted.map((u) => u.user) });
-  assert.equal((await faults.oneWorker()).pid, worker.pid, 'the worker must carry on');
-  assert.deepEqual(workerExits(lib.serverLogSince(logOffset)), []);
+  await assertCarriedOn(prefix, logOffset, inserted, worker);
 });
 
 test('served database dropped under load', { timeout: 120000 }, async (t) => {

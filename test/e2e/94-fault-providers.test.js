@@ -13,20 +13,14 @@ const faults = require('./faults.js');
 
 const REQUEST_TIMEOUT_MS = 1000;
 
-test.before(async () => {
-  await lib.resetAllSettings();
-  await lib.setSettings({
-    'matchmaker.room_provider': 'http',
-    'matchmaker.room_url': lib.env.roomsUrl,
-    'matchmaker.poll_interval': 300,
-    'matchmaker.retry_base': 100,
-    // Above the Retry-After of the storms below: a longer one fails the
-    // push. The worker counts an HTTP date from the current whole second,
-    // so it may read a date 2 s ahead as 3 s.
-    'matchmaker.retry_max': 5000,
-    'matchmaker.request_timeout': REQUEST_TIMEOUT_MS,
-  });
-});
+test.before(() => faults.useFakeRooms({
+  'matchmaker.retry_base': 100,
+  // Above the Retry-After of the storms below: a longer one fails the
+  // push. The worker counts an HTTP date from the current whole second,
+  // so it may read a date 2 s ahead as 3 s.
+  'matchmaker.retry_max': 5000,
+  'matchmaker.request_timeout': REQUEST_TIMEOUT_MS,
+}));
 test.after(async () => {
   await lib.roomsControl({ reset: true });
   await lib.resetAllSettings();

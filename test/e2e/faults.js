@@ -4,10 +4,10 @@
 // background load of intents, server control (pg_ctl as the cluster's OS
 // user), and one invariant checker that every fault test ends with.
 //
-// The checker is split in two so that it can be tested itself:
+// The checker is split in two so that it can be tested itself.
 // collectState() reads the tables, the worker list, the push receiver and
-// the server log; findViolations() is a pure function of that snapshot and
-// returns one message per broken invariant.
+// the server log. findViolations() is a pure function of that snapshot,
+// and returns one message per broken invariant.
 
 const { execFile } = require('node:child_process');
 const assert = require('node:assert/strict');
@@ -18,6 +18,9 @@ const pg = {
   data: process.env.MM_PGDATA,
   osUser: process.env.MM_PG_OS_USER,
 };
+
+// Poll interval of the fault tests: short, so that faults resolve quickly.
+const POLL_INTERVAL_MS = 300;
 
 // Statuses an intent may settle in, and the push each one must get.
 const PUSH_TYPE_OF = {
@@ -86,6 +89,19 @@ async function oneWorker(timeoutMs = 30000) {
   return worker;
 }
 
+// Start from the settings in postgresql.conf, then point the worker at
+// the fake "http" room service, which costs nothing per room, poll every
+// POLL_INTERVAL_MS, and apply the extra settings.
+async function useFakeRooms(extra = {}) {
+  await lib.resetAllSettings();
+  await lib.setSettings({
+    'matchmaker.room_provider': 'http',
+    'matchmaker.room_url': lib.env.roomsUrl,
+    'matchmaker.poll_interval': POLL_INTERVAL_MS,
+    ...extra,
+  });
+}
+
 // Make the given moods exist. Used after CREATE EXTENSION brought the
 // moods table back with only its seeded rows.
 async function ensureMoods(moods) {
@@ -96,7 +112,7 @@ async function ensureMoods(moods) {
 // A background inserter: every tick it inserts one batch of new users,
 // spread over the moods, so that ratePerSecond intents arrive per second.
 // A batch that fails (server restarting, extension dropped) is retried
-// until its rows are in the table; the table decides which rows of a
+// until its rows are in the table. The table decides which rows of a
 // broken batch committed. Each user has exactly one intent.
 class IntentLoad {
   constructor(name, moods, { ratePerSecond = 100, tickMs = 100, users } = {}) {
@@ -206,10 +222,10 @@ async function settle(prefix, timeoutMs = 60000) {
   }, timeoutMs, `the intents of "${prefix}" to settle`, 250);
 }
 
-// Read everything the invariants talk about for the intents whose user_id
-// starts with prefix: those intents, every match naming one of them, their
-// outbox rows, the deliveries to their push tokens, the live backends, the
-// workers and the server log since logOffset.
+// Read what the invariants are about, for the intents whose user_id starts
+// with prefix. That is those intents, every match naming one of them,
+// their outbox rows and the deliveries to their push tokens. Add leases of
+// dead processes, the workers, and the server log since logOffset.
 async function collectState(prefix, pushPrefix, logOffset) {
   const p = lib.literal(prefix);
   const intents = await lib.rows(`
@@ -302,14 +318,14 @@ function findViolations(state, options = {}) {
     if (match.status === 'ready' && !match.room) {
       violations.push(`match ${match.id} is ready without a room`);
     }
-    const wanted = match.status === 'ready' ? 'matched' : 'failed';
+    const expectedStatus = match.status === 'ready' ? 'matched' : 'failed';
     match.intent_ids.forEach((id, k) => {
       const intent = intentById.get(id);
       if (!intent) {
         violations.push(`match ${match.id} names intent ${id}, which is not one of the test's`);
       } else if (intent.user_id !== match.user_ids[k] || intent.mood !== match.mood) {
         violations.push(`match ${match.id} disagrees with intent ${id} on user or mood`);
-      } else if (match.status !== 'pending' && intent.status !== wanted) {
+      } else if (match.status !== 'pending' && intent.status !== expectedStatus) {
         violations.push(`match ${match.id} is ${match.status} but intent ${id} is ${intent.status}`);
       }
     });
@@ -407,6 +423,7 @@ async function timeToMatch(name, mood, timeoutMs = 30000) {
 module.exports = {
   IntentLoad,
   KILLED_WORKER_LINE,
+  POLL_INTERVAL_MS,
   assertInvariants,
   collectState,
   ensureMoods,
@@ -419,4 +436,5 @@ module.exports = {
   sqlIn,
   startLoad,
   timeToMatch,
+  useFakeRooms,
 };
