@@ -106,7 +106,7 @@ test('served database dropped under load', { timeout: 120000 }, async (t) => {
   t.diagnostic(`${load.inserted.length} intents inserted in ${database} before the DROP`);
 
   // The worker cannot start without its database: the postmaster restarts
-  // it every second (bgw_restart_time), as the README says. Count the
+  // it every second (bgw_restart_time), as the README documents. Count the
   // exits over 5 s.
   await lib.sleep(5000);
   const exits = workerExits(lib.serverLogSince(logOffset));

@@ -51,8 +51,8 @@ test('room service faults under load', { timeout: 180000 }, async (t) => {
       // An empty control request changes nothing and lists the rules.
       const { rules } = await lib.roomsControl({});
       return !rules.some((rule) => rule.prefix === prefix);
-    }, 20000, `the ${variant} answers to be used up`);
-    t.diagnostic(`${variant}: ${FAULTY_REQUESTS} answers used up in ${Date.now() - startedAt} ms`);
+    }, 20000, `the ${variant} responses to be sent`);
+    t.diagnostic(`${variant}: ${FAULTY_REQUESTS} responses sent in ${Date.now() - startedAt} ms`);
   }
   await lib.sleep(500);
   const inserted = await load.stop();
@@ -96,19 +96,19 @@ for (const storm of STORMS) {
     const state = await faults.assertInvariants(prefix, logOffset, {
       expectedUsers: inserted.map((u) => u.user),
     });
-    const refused = state.deliveries.filter((d) => d.status === 429);
-    assert.equal(refused.length, STORM_SIZE, 'every 429 of the storm must have been sent');
+    const throttled = state.deliveries.filter((d) => d.status === 429);
+    assert.equal(throttled.length, STORM_SIZE, 'every 429 of the storm must have been sent');
 
     // After each 429, the next attempt of the same push waits as asked.
     const gaps = [];
-    for (const push of refused) {
+    for (const push of throttled) {
       const next = state.deliveries.find((d) => d.seq > push.seq &&
         d.headers['webhook-id'] === push.headers['webhook-id']);
       assert.ok(next, `push ${push.headers['webhook-id']} was not retried after a 429`);
       gaps.push(next.at - push.at);
     }
     const least = Math.min(...gaps);
-    t.diagnostic(`${inserted.length} intents; ${refused.length} 429s; gap to the retry: least ${least} ms, most ${Math.max(...gaps)} ms`);
+    t.diagnostic(`${inserted.length} intents; ${throttled.length} 429s; gap to the retry: least ${least} ms, most ${Math.max(...gaps)} ms`);
     assert.ok(least >= storm.minGapMs, `a retry came ${least} ms after a 429 with Retry-After: ${storm.retryAfter}`);
   });
 }
