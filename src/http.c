@@ -156,6 +156,7 @@ parse_retry_after(const char *value, size_t len)
 	char		buf[128];
 	char	   *end;
 	long		secs;
+	int64		ms;
 
 	while (len > 0 && (value[len - 1] == '\r' || value[len - 1] == '\n' ||
 					   value[len - 1] == ' ' || value[len - 1] == '\t'))
@@ -179,12 +180,18 @@ parse_retry_after(const char *value, size_t len)
 	else
 	{
 		time_t		when = curl_getdate(buf, NULL);
+		struct timeval now;
 
 		if (when == -1)
 			return -1;
-		secs = (long) (when - time(NULL));
-		if (secs < 0)
-			secs = 0;
+
+		/*
+		 * Count from now in milliseconds: whole seconds of now would read
+		 * a date 2 s ahead as up to 3 s away.
+		 */
+		gettimeofday(&now, NULL);
+		ms = (int64) when * 1000 - ((int64) now.tv_sec * 1000 + now.tv_usec / 1000);
+		return (int) Max(Min(ms, (int64) 86400 * 1000), 0);
 	}
 	/* cap the requested delay at one day */
 	secs = Min(secs, 86400L);

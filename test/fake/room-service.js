@@ -19,6 +19,8 @@
 //                   the next N requests get a 200 response the worker must
 //                   reject. Variants are listed in GARBAGE below; without
 //                   "variant" the responses cycle through all of them.
+//                   "hang" never responds and "stall" sends half of its
+//                   body; both keep the connection open.
 //                 {"delayMs": M} delays every response by M ms.
 //                 {"user": PREFIX, ...} limits the above to requests
 //                   naming a user that starts with PREFIX.
@@ -44,6 +46,8 @@ const delays = new Map();
 let roomCount = 0;
 let garbageCount = 0;
 
+const HUGE_PADDING = 'x'.repeat(10 * 1024 * 1024);
+
 // Responses with status 200 that are not a valid room: each one writes the
 // response for the given request body.
 const GARBAGE = {
@@ -68,6 +72,35 @@ const GARBAGE = {
     sendJson(response, 200, { room: nextRoomName(), tokens });
   },
   empty: (response) => sendText(response, 200, ''),
+  // One byte past the worker's limits: 255 bytes for a room name and
+  // 4096 for a token (MM_MAX_ROOM_LEN and MM_MAX_TOKEN_LEN).
+  'long-room': (response, body) => sendJson(response, 200, { room: 'r'.repeat(256), tokens: tokensFor(body.users) }),
+  'long-token': (response, body) => {
+    const tokens = tokensFor(body.users);
+    tokens[body.users[0]] = 't'.repeat(4097);
+    sendJson(response, 200, { room: nextRoomName(), tokens });
+  },
+  // Never respond: the client must time out.
+  hang: () => {},
+  // Send the status line and half of a valid body, then nothing more.
+  stall: (response, body) => {
+    const text = JSON.stringify({ room: nextRoomName(), tokens: tokensFor(body.users) });
+    response.writeHead(200, {
+      'Content-Type': 'application/json',
+      'Content-Length': Buffer.byteLength(text),
+    });
+    response.write(text.slice(0, Math.floor(text.length / 2)));
+  },
+  // A valid room padded to 10 MB, far past what a client should read.
+  huge: (response, body) => {
+    const room = JSON.stringify({ room: nextRoomName(), tokens: tokensFor(body.users) });
+    const text = `${room.slice(0, -1)}, "padding": "${HUGE_PADDING}"}`;
+    response.writeHead(200, {
+      'Content-Type': 'application/json',
+      'Content-Length': Buffer.byteLength(text),
+    });
+    response.end(text);
+  },
 };
 
 function nextRoomName() {
