@@ -9,8 +9,9 @@
  *
  * libcurl tells us which sockets it wants watched (socket callback) and
  * when it wants to be called without socket activity (timer callback).
- * The worker adds those sockets to the same WaitEventSet that carries its
- * latch and its LISTEN connection, so one wait serves everything.
+ * Its sockets go into an epoll set of their own, and the worker adds that
+ * one descriptor to the WaitEventSet that carries its latch and its LISTEN
+ * connection, so one wait serves everything.
  *
  * Every request speaks only http or https, never follows a redirect, and
  * verifies the peer's TLS certificate and host name against the system's
@@ -20,6 +21,8 @@
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
+
+#include <sys/epoll.h>
 
 #include <curl/curl.h>
 
@@ -46,12 +49,6 @@ typedef struct MMHttpRequest
 	MemoryContext cxt;			/* where the callback allocates */
 } MMHttpRequest;
 
-typedef struct MMSocket
-{
-	curl_socket_t fd;
-	int			what;			/* CURL_POLL_IN / OUT / INOUT */
-} MMSocket;
-
 static CURLM *multi = NULL;
 static int	inflight = 0;
 static TimestampTz timer_deadline = 0;	/* 0: no timer requested */
@@ -62,43 +59,47 @@ static TimestampTz timer_deadline = 0;	/* 0: no timer requested */
  */
 static const char *answering_credential = NULL;
 
-/* sockets libcurl requested to watch; about two per request slot */
-static MMSocket *sockets = NULL;
+/*
+ * The sockets libcurl asks to watch live in one epoll set of their own,
+ * changed as libcurl asks, one socket at a time.  The worker's wait event
+ * set watches only that epoll descriptor, so its size and the cost of
+ * building it do not grow with the requests in flight.
+ */
+static int	epoll_fd = -1;
 static int	nsockets = 0;
-static int	maxsockets = 0;
+
+/* what curl_multi_assign() attaches to a socket that is in the epoll set */
+static int	registered;
 
 static int
 socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
-	int			i;
-
-	for (i = 0; i < nsockets; i++)
-		if (sockets[i].fd == fd)
-			break;
+	struct epoll_event ev;
 
 	if (what == CURL_POLL_REMOVE)
 	{
-		if (i < nsockets)
-			sockets[i] = sockets[--nsockets];
+		if (socketp != NULL)
+		{
+			/* the socket may already be closed, which removed it too */
+			(void) epoll_ctl(epoll_fd, EPOLL_CTL_DEL, fd, NULL);
+			curl_multi_assign(multi, fd, NULL);
+			nsockets--;
+		}
 		return 0;
 	}
 
-	if (i == nsockets)
-	{
-		if (nsockets == maxsockets)
-		{
-			int			newmax = maxsockets ? maxsockets * 2 : 64;
-			MMSocket   *grown = realloc(sockets, newmax * sizeof(MMSocket));
-
-			if (grown == NULL)
-				return -1;
-			sockets = grown;
-			maxsockets = newmax;
-		}
-		nsockets++;
-	}
-	sockets[i].fd = fd;
-	sockets[i].what = what;
+	memset(&ev, 0, sizeof(ev));
+	if (what & CURL_POLL_IN)
+		ev.events |= EPOLLIN;
+	if (what & CURL_POLL_OUT)
+		ev.events |= EPOLLOUT;
+	ev.data.fd = fd;
+	if (socketp != NULL)
+		return epoll_ctl(epoll_fd, EPOLL_CTL_MOD, fd, &ev) == 0 ? 0 : -1;
+	if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0)
+		return -1;
+	curl_multi_assign(multi, fd, &registered);
+	nsockets++;
 	return 0;
 }
 
@@ -219,6 +220,11 @@ mm_http_init(void)
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not initialise libcurl")));
+	epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+	if (epoll_fd < 0)
+		ereport(ERROR,
+				(errcode_for_socket_access(),
+				 errmsg("could not create an epoll set for libcurl's sockets: %m")));
 	multi = curl_multi_init();
 	if (multi == NULL)
 		ereport(ERROR,
@@ -420,33 +426,26 @@ mm_http_inflight(void)
 	return inflight;
 }
 
-/* How many sockets libcurl wants watched right now. */
+/* How many wait events mm_http_wait_setup() adds. */
 int
 mm_http_socket_count(void)
 {
-	return nsockets;
+	return 1;
 }
 
 /*
- * Add the sockets libcurl watches to a wait event set.  Returns how many.
+ * Add the epoll set of libcurl's sockets to a wait event set, as one
+ * socket that is readable when any of them is ready.  Returns how many
+ * sockets libcurl watches.
  */
 int
 mm_http_wait_setup(void *setp)
 {
 	WaitEventSet *set = (WaitEventSet *) setp;
 
-	for (int i = 0; i < nsockets; i++)
-	{
-		uint32		events = 0;
-
-		if (sockets[i].what & CURL_POLL_IN)
-			events |= WL_SOCKET_READABLE;
-		if (sockets[i].what & CURL_POLL_OUT)
-			events |= WL_SOCKET_WRITEABLE;
-		if (events != 0)
-			AddWaitEventToSet(set, events, sockets[i].fd, NULL,
-							  (void *) &mm_http_socket_ready);
-	}
+	if (nsockets > 0)
+		AddWaitEventToSet(set, WL_SOCKET_READABLE, epoll_fd, NULL,
+						  (void *) &mm_http_socket_ready);
 	return nsockets;
 }
 
@@ -523,19 +522,30 @@ finish(CURL *easy, CURLcode code)
 }
 
 /*
- * Tell libcurl that one of its sockets fired in the last wait.
+ * Tell libcurl which of its sockets are ready, after the wait found the
+ * epoll set readable.
  */
 void
-mm_http_socket_ready(int fd, uint32 wl_events)
+mm_http_socket_ready(void)
 {
-	int			running;
-	int			mask = 0;
+	struct epoll_event evs[64];
+	int			n;
 
-	if (wl_events & WL_SOCKET_READABLE)
-		mask |= CURL_CSELECT_IN;
-	if (wl_events & WL_SOCKET_WRITEABLE)
-		mask |= CURL_CSELECT_OUT;
-	curl_multi_socket_action(multi, (curl_socket_t) fd, mask, &running);
+	n = epoll_wait(epoll_fd, evs, lengthof(evs), 0);
+	for (int i = 0; i < n; i++)
+	{
+		int			running;
+		int			mask = 0;
+
+		if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+			mask |= CURL_CSELECT_IN;
+		if (evs[i].events & (EPOLLOUT | EPOLLERR))
+			mask |= CURL_CSELECT_OUT;
+		if (evs[i].events & EPOLLERR)
+			mask |= CURL_CSELECT_ERR;
+		curl_multi_socket_action(multi, (curl_socket_t) evs[i].data.fd,
+								 mask, &running);
+	}
 }
 
 /*

@@ -127,7 +127,7 @@ extern int	mm_http_socket_count(void);
 extern int	mm_http_wait_setup(void *set);
 extern long mm_http_timeout_ms(void);
 extern void mm_http_perform(void);
-extern void mm_http_socket_ready(int fd, uint32 wl_events);
+extern void mm_http_socket_ready(void);
 extern void mm_http_classify(const MMHttpResponse *resp, MMOutcome *out);
 extern char *mm_redact_secrets(MemoryContext cxt, const char *text);
 

@@ -1593,7 +1593,7 @@ matchmaker_worker_main(Datum main_arg)
 					want_match = true;
 			}
 			else if (events[i].user_data != NULL)
-				mm_http_socket_ready(events[i].fd, events[i].events);
+				mm_http_socket_ready();
 		}
 		FreeWaitEventSet(set);
 
