@@ -135,11 +135,12 @@ write_cb(char *data, size_t size, size_t nmemb, void *userp)
 }
 
 /*
- * Retry-After is either delta-seconds or an HTTP date (RFC 9110 10.2.3).
+ * Parse the value of a Retry-After header: delta-seconds or an HTTP date
+ * (RFC 9110 10.2.3), capped at one day.  value need not be NUL-terminated.
  * Returns milliseconds from now, or -1 when absent or unreadable.
  */
-static int
-parse_retry_after(const char *value, size_t len)
+int
+mm_http_parse_retry_after(const char *value, size_t len)
 {
 	char		buf[128];
 	char	   *end;
@@ -188,8 +189,9 @@ header_cb(char *data, size_t size, size_t nmemb, void *userp)
 
 	if (n > sizeof(name) - 1 &&
 		pg_strncasecmp(data, name, sizeof(name) - 1) == 0)
-		req->retry_after_ms = parse_retry_after(data + sizeof(name) - 1,
-												n - (sizeof(name) - 1));
+		req->retry_after_ms =
+			mm_http_parse_retry_after(data + sizeof(name) - 1,
+									  n - (sizeof(name) - 1));
 	return n;
 }
 

@@ -126,6 +126,7 @@ extern long mm_http_timeout_ms(void);
 extern void mm_http_perform(void);
 extern void mm_http_socket_ready(int fd, uint32 wl_events);
 extern void mm_http_classify(const MMHttpResponse *resp, MMOutcome *out);
+extern int	mm_http_parse_retry_after(const char *value, size_t len);
 
 /* json.c */
 extern char *mm_json_dump(json_t *value);
