@@ -64,6 +64,30 @@ mm_json_get_string(json_t *obj, const char *key, const char **value,
 }
 
 /*
+ * Copy at most maxlen bytes of the UTF-8 string s into a palloc'd string,
+ * without cutting a character in two: a provider's message shortened for
+ * last_error must stay valid text.
+ */
+char *
+mm_clip_utf8(const char *s, size_t maxlen)
+{
+	size_t		len = strnlen(s, maxlen + 1);
+	char	   *result;
+
+	if (len > maxlen)
+	{
+		/* drop the character that s[maxlen] belongs to */
+		len = maxlen;
+		while (len > 0 && ((unsigned char) s[len] & 0xc0) == 0x80)
+			len--;
+	}
+	result = palloc(len + 1);
+	memcpy(result, s, len);
+	result[len] = '\0';
+	return result;
+}
+
+/*
  * A random token of nbytes strong random bytes, as lowercase hex.
  */
 char *

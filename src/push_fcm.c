@@ -343,10 +343,10 @@ send_answer(const MMHttpResponse *resp, void *arg)
 	code = fcm_error_code(root, &message, &is_fcm);
 	if (code != NULL)
 	{
-		job->outcome.error = psprintf("FCM error %s (HTTP %ld)%s%.200s",
+		job->outcome.error = psprintf("FCM error %s (HTTP %ld)%s%s",
 									  code, resp->status,
 									  message ? ": " : "",
-									  message ? message : "");
+									  message ? mm_clip_utf8(message, 200) : "");
 		if (strcmp(code, "UNREGISTERED") == 0 ||
 			strcmp(code, "SENDER_ID_MISMATCH") == 0 ||
 			strcmp(code, "INVALID_ARGUMENT") == 0 ||
