@@ -188,6 +188,20 @@ flush_queue(void)
 	queue_tail = NULL;
 }
 
+/*
+ * True if token can go into an Authorization header as it is: visible
+ * ASCII only, which RFC 6750's b64token is a subset of, so that a line
+ * break from the token endpoint cannot add a header to our requests.
+ */
+static bool
+is_bearer_token(const char *token)
+{
+	for (; *token != '\0'; token++)
+		if ((unsigned char) *token < 0x21 || (unsigned char) *token > 0x7e)
+			return false;
+	return true;
+}
+
 static void
 token_answer(const MMHttpResponse *resp, void *arg)
 {
@@ -207,11 +221,12 @@ token_answer(const MMHttpResponse *resp, void *arg)
 		return;
 	}
 	root = json_loadb(resp->body, resp->body_len, 0, NULL);
-	if (!mm_json_get_string(root, "access_token", &token, 4096))
+	if (!mm_json_get_string(root, "access_token", &token, 4096) ||
+		!is_bearer_token(token))
 	{
 		json_decref(root);
 		state = TOKEN_NONE;
-		fail_queue(MM_RETRY, "FCM token response is missing \"access_token\"");
+		fail_queue(MM_RETRY, "FCM token response is missing a valid \"access_token\"");
 		return;
 	}
 	expires_in = json_integer_value(json_object_get(root, "expires_in"));
