@@ -382,6 +382,7 @@ send_answer(const MMHttpResponse *resp, void *arg)
 		if (state == TOKEN_READY)
 			state = TOKEN_NONE;
 		job->outcome.result = MM_RETRY;
+		job->outcome.token_dead = false;
 		job->outcome.retry_after_ms = 0;
 	}
 	json_decref(root);
