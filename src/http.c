@@ -498,19 +498,11 @@ mm_http_classify(const MMHttpResponse *resp, MMOutcome *out)
 	}
 
 	{
-		char		snippet[201];
-		size_t		n = Min(resp->body_len, sizeof(snippet) - 1);
+		size_t		n = Min(resp->body_len, 200);
 
-		/* keep error text printable: it ends up in a text column */
-		for (size_t i = 0; i < n; i++)
-		{
-			unsigned char c = (unsigned char) resp->body[i];
-
-			snippet[i] = (c < 0x20 || c >= 0x7f) ? ' ' : (char) c;
-		}
-		snippet[n] = '\0';
 		out->error = psprintf("HTTP %ld%s%s", resp->status,
-							  n > 0 ? ": " : "", snippet);
+							  n > 0 ? ": " : "",
+							  mm_printable_text(resp->body, n));
 	}
 
 	if (resp->status == 408 || resp->status == 429 || resp->status >= 500)

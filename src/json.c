@@ -88,6 +88,27 @@ mm_clip_utf8(const char *s, size_t maxlen)
 }
 
 /*
+ * Copy len bytes of s into a palloc'd string with every byte outside
+ * printable ASCII replaced by a space.  Text quoted from a response need
+ * not be valid UTF-8, and jansson's error messages quote the bytes near
+ * the error, but an error text ends up in a text column.
+ */
+char *
+mm_printable_text(const char *s, size_t len)
+{
+	char	   *result = palloc(len + 1);
+
+	for (size_t i = 0; i < len; i++)
+	{
+		unsigned char c = (unsigned char) s[i];
+
+		result[i] = (c < 0x20 || c >= 0x7f) ? ' ' : (char) c;
+	}
+	result[len] = '\0';
+	return result;
+}
+
+/*
  * A random token of nbytes strong random bytes, as lowercase hex.
  */
 char *

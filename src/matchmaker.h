@@ -133,6 +133,7 @@ extern char *mm_json_dump(json_t *value);
 extern bool mm_json_get_string(json_t *obj, const char *key,
 							   const char **value, size_t maxlen);
 extern char *mm_clip_utf8(const char *s, size_t maxlen);
+extern char *mm_printable_text(const char *s, size_t len);
 extern char *mm_random_token(int nbytes);
 extern int64 mm_random_room_id(void);
 
