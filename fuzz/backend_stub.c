@@ -11,7 +11,7 @@
  * server's own libpgport.a.
  *
  * Memory contexts keep every chunk on a list and give it back to malloc
- * on reset or delete, so AddressSanitizer sees each chunk as a separate
+ * on reset or delete, so AddressSanitizer tracks each chunk as a separate
  * allocation: an overrun of a palloc'd buffer or a use after a context
  * reset is reported at once.
  *

@@ -9,8 +9,8 @@
  * target then hands each captured request a response cut from the fuzz
  * input, and checks what the provider did with it.
  *
- * A fuzz input for the answer targets is a list of chunks separated by a
- * line "%%".  A response chunk starts with a line "<status> [Retry-After
+ * A fuzz input for the response targets is a list of chunks separated by
+ * a line "%%".  A response chunk starts with a line "<status> [Retry-After
  * value]"; status 0 stands for a transport error; the rest of the chunk is
  * the body.
  *

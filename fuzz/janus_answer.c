@@ -4,9 +4,9 @@
  *	  Fuzz target: the Janus room provider's handling of Janus responses
  *	  and of the room plan stored in matches.plan.
  *
- * Input chunks (see harness.h): the stored plan text (empty: a new plan),
- * then the responses, in order, to every request the provider makes:
- * create session, attach, create room, then destroy room (and a new
+ * Input chunks (see harness.h): the stored plan text (empty for a new
+ * plan), then the responses to the provider's requests in order.  These
+ * are create session, attach and create room, then destroy room (or a new
  * session if the first one never came up), then a keepalive.
  *
  * Checked: every request is valid JSON with "janus" and "transaction";
@@ -60,7 +60,7 @@ check_request(FuzzRequest *req, json_t *plan)
 	json_decref(root);
 }
 
-/* Answer pending requests with the next chunks, while both last. */
+/* Respond to pending requests with the next chunks, while both last. */
 static void
 answer_requests(JanusInput *in, json_t *plan)
 {
@@ -73,7 +73,7 @@ answer_requests(JanusInput *in, json_t *plan)
 	}
 }
 
-/* A room reported as made must be exactly what the plan says. */
+/* A room reported as made must be exactly the plan's room and tokens. */
 static void
 check_room(MMRoomJob *job)
 {

@@ -9,11 +9,11 @@
  * token, room, join token, Agora channel, and a repeat count (first byte,
  * plus one) that makes every string that many times longer.
  *
- * Checked for each builder: the output parses (JSON with jansson, JWTs as
- * three base64url parts with an HMAC that OpenSSL agrees with, Agora
- * tokens decompressed and decoded field by field) and gives back every
- * input string byte for byte; a value the builder cannot encode (invalid
- * UTF-8) ends the job with an error instead of a malformed request.
+ * Each builder's output must parse and give back every input string byte
+ * for byte.  JSON is parsed with jansson, JWTs as three base64url parts
+ * whose HMAC is checked with OpenSSL, and Agora tokens are inflated and
+ * decoded field by field.  A value a builder cannot encode (invalid
+ * UTF-8) must end the job with an error, never a malformed request.
  *
  *-------------------------------------------------------------------------
  */

@@ -7,8 +7,8 @@
  *
  * Input chunks (see harness.h): a first chunk of two lines, the provider
  * ("fcm", "apns" or "webhook") and the push token; then the responses.
- * For FCM the first response answers the token request and the second
- * the send; the others have one response.
+ * For FCM the first response is for the token request and the second for
+ * the send.  The other providers make one request.
  *
  * Checked, besides well-formed outcomes (harness.c): the FCM token
  * request is a form post of a signed assertion, and the send carries the

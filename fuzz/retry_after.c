@@ -5,10 +5,10 @@
  *
  * The input is a raw header value, as libcurl hands it over: not
  * NUL-terminated, maybe with the line's CR LF and blanks around it.
- * Checked: the result is -1 or whole seconds between 0 and one day; a
- * value of digits only gives exactly that many seconds (capped); and an
- * HTTP date made from the input's first bytes, seconds away from now,
- * gives about that delay.
+ * The result must be -1 or whole seconds between 0 and one day.  A value
+ * of digits only must give exactly that many seconds, capped at a day.
+ * An HTTP date made from the input's first bytes, that many seconds from
+ * now, must give about that delay.
  *
  *-------------------------------------------------------------------------
  */

@@ -8,11 +8,11 @@
  * provider ("http" or "livekit") and the two user ids, then the response
  * to the provider's request.
  *
- * Checked, besides well-formed outcomes: the http provider's request
- * carries the match id, mood and user ids exactly, and a room it reports
- * is the service's room with each user's own token; LiveKit's CreateRoom
- * request is authorised by an HS256 JWT allowed to create rooms, and the
- * user tokens it hands out are HS256 JWTs for the right user and room.
+ * Besides well-formed outcomes, the http provider's request must carry
+ * the match id, mood and user ids exactly, and a room it reports must be
+ * the service's room with each user's own token.  LiveKit's CreateRoom
+ * request must carry an HS256 JWT allowed to create rooms, and its user
+ * tokens must be HS256 JWTs for the right user and room.
  *
  *-------------------------------------------------------------------------
  */

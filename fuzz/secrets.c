@@ -7,13 +7,13 @@
  *
  * The first input byte picks the parser; the rest is its input.
  *
- * Checked: a webhook secret that is "whsec_" and strict base64 of 24 to
- * 64 bytes signs exactly as HMAC-SHA256 with the decoded key, computed
- * here with OpenSSL, and any other secret is rejected with an ERROR or
- * signs in the "v1,<base64>" form; mm_base64() agrees with OpenSSL's
- * encoder and both alphabets decode back to the input; mm_base64_decode()
- * never writes past its buffer; a key file is accepted or rejected with
- * a message, without memory errors or leaks.
+ * A webhook secret that is "whsec_" and strict base64 of 24 to 64 bytes
+ * must sign exactly as HMAC-SHA256 with the decoded key, computed here
+ * with OpenSSL.  Any other secret raises an ERROR or signs in the
+ * "v1,<base64>" form.  mm_base64() must agree with OpenSSL's encoder, and
+ * both alphabets must decode back to the input.  mm_base64_decode() must
+ * not write past its buffer.  A key file is accepted, or rejected with a
+ * message.
  *
  *-------------------------------------------------------------------------
  */
