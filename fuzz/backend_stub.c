@@ -228,15 +228,22 @@ format_va(const char *fmt, va_list args)
 	return result;
 }
 
+/* Format the variable arguments that follow fmt into dest. */
+#define FORMAT_INTO(dest, fmt) \
+	do { \
+		va_list		args_; \
+		\
+		va_start(args_, fmt); \
+		(dest) = format_va(fmt, args_); \
+		va_end(args_); \
+	} while (0)
+
 char *
 psprintf(const char *fmt,...)
 {
-	va_list		args;
 	char	   *result;
 
-	va_start(args, fmt);
-	result = format_va(fmt, args);
-	va_end(args);
+	FORMAT_INTO(result, fmt);
 	return result;
 }
 
@@ -316,44 +323,35 @@ errcode(int sqlerrcode)
 int
 errmsg(const char *fmt,...)
 {
-	va_list		args;
-
-	va_start(args, fmt);
-	pending_message = format_va(fmt, args);
-	va_end(args);
+	FORMAT_INTO(pending_message, fmt);
 	return 0;
 }
 
 int
 errmsg_internal(const char *fmt,...)
 {
-	va_list		args;
-
-	va_start(args, fmt);
-	pending_message = format_va(fmt, args);
-	va_end(args);
+	FORMAT_INTO(pending_message, fmt);
 	return 0;
 }
 
+/* details and hints are formatted, which checks their arguments, and dropped */
 int
 errdetail(const char *fmt,...)
 {
-	va_list		args;
+	char	   *detail;
 
-	va_start(args, fmt);
-	(void) format_va(fmt, args);
-	va_end(args);
+	FORMAT_INTO(detail, fmt);
+	pfree(detail);
 	return 0;
 }
 
 int
 errhint(const char *fmt,...)
 {
-	va_list		args;
+	char	   *hint;
 
-	va_start(args, fmt);
-	(void) format_va(fmt, args);
-	va_end(args);
+	FORMAT_INTO(hint, fmt);
+	pfree(hint);
 	return 0;
 }
 
@@ -395,12 +393,9 @@ pre_format_elog_string(int errnumber, const char *domain)
 char *
 format_elog_string(const char *fmt,...)
 {
-	va_list		args;
 	char	   *result;
 
-	va_start(args, fmt);
-	result = format_va(fmt, args);
-	va_end(args);
+	FORMAT_INTO(result, fmt);
 	return result;
 }
 
