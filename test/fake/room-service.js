@@ -68,6 +68,12 @@ const GARBAGE = {
     sendJson(response, 200, { room: nextRoomName(), tokens });
   },
   empty: (response) => sendText(response, 200, ''),
+  // An invalid escape before a two-byte character: jansson's error
+  // message quotes the first byte of that character alone.
+  'bad-escape': (response) => {
+    response.writeHead(200, { 'Content-Type': 'application/json' });
+    response.end('{"room": "\\\u00e9"}');
+  },
 };
 
 function nextRoomName() {
