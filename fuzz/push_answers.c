@@ -103,13 +103,34 @@ check_send_request(FuzzRequest *req, FuzzChunk token_response,
 	json_decref(root);
 }
 
-/* The APNs path must decode back to the device token. */
+/*
+ * The APNs path must decode back to the device token, and the provider
+ * token must be an ES256 JWT with our key id and team.
+ */
 static void
 check_apns_request(FuzzRequest *req, const char *push_token)
 {
 	char	   *prefix = psprintf("%s/3/device/", mm_apns_url);
 	char	   *decoded;
 	int			len;
+	const char *auth = fuzz_header(req, "authorization");
+	json_t	   *header;
+	json_t	   *claims;
+	uint8		signature[128];
+
+	if (auth == NULL || strncmp(auth, "bearer ", 7) != 0)
+		fuzz_fail("APNs request has no provider token");
+	claims = fuzz_check_jwt(auth + 7, &header, NULL);
+	fuzz_expect_string(header, "alg", "ES256", "APNs provider token header");
+	fuzz_expect_string(header, "kid", mm_apns_key_id, "APNs provider token header");
+	fuzz_expect_string(claims, "iss", mm_apns_team_id, "APNs provider token");
+	json_decref(header);
+	json_decref(claims);
+	/* JOSE wants the raw 64-byte R||S pair, not OpenSSL's DER */
+	len = strlen(strrchr(auth, '.') + 1);
+	if (len > 100 ||
+		fuzz_base64url_decode(strrchr(auth, '.') + 1, len, signature) != 64)
+		fuzz_fail("APNs provider token signature is not 64 bytes");
 
 	if (strncmp(req->url, prefix, strlen(prefix)) != 0)
 		fuzz_fail("APNs URL is %s", req->url);
