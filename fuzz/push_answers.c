@@ -10,11 +10,12 @@
  * For FCM the first response is for the token request and the second for
  * the send.  The other providers make one request.
  *
- * Checked, besides well-formed outcomes (harness.c): the FCM token
- * request is a form post of a signed assertion, and the send carries the
- * access token the endpoint returned, with no line break in any header
- * whatever the endpoint sent; the APNs request path decodes back to the
- * push token; a push ends exactly once.
+ * Besides well-formed outcomes (harness.c), the FCM token request must be
+ * a form post of a signed assertion.  The send must carry the access
+ * token the endpoint returned, and no header may contain a line break,
+ * whatever the endpoint sent.  The APNs request path must decode back to
+ * the push token, with an ES256 provider token.  A push ends exactly
+ * once.
  *
  *-------------------------------------------------------------------------
  */

@@ -189,9 +189,9 @@ flush_queue(void)
 }
 
 /*
- * True if token can go into an Authorization header as it is: visible
- * ASCII only, which RFC 6750's b64token is a subset of, so that a line
- * break from the token endpoint cannot add a header to our requests.
+ * True if token is visible ASCII only, a superset of RFC 6750's b64token,
+ * so that it can go into an Authorization header as it is.  A line break
+ * from the token endpoint would otherwise add a header to our requests.
  */
 static bool
 is_bearer_token(const char *token)
