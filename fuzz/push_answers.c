@@ -93,9 +93,15 @@ check_send_request(FuzzRequest *req, FuzzChunk token_response,
 								  0, NULL);
 	const char *auth = fuzz_header(req, "Authorization");
 	json_t	   *body = fuzz_parse_json(req->body, "FCM message");
+	json_t	   *token = json_object_get(root, "access_token");
+	const char *expected;
 
-	if (auth == NULL || strncmp(auth, "Bearer ", 7) != 0 ||
-		strcmp(auth + 7, json_string_value(json_object_get(root, "access_token"))) != 0)
+	/* mm_json_get_string() takes a number in its decimal spelling */
+	expected = json_is_integer(token) ?
+		psprintf("%lld", (long long) json_integer_value(token)) :
+		json_string_value(token);
+	if (expected == NULL || auth == NULL || strncmp(auth, "Bearer ", 7) != 0 ||
+		strcmp(auth + 7, expected) != 0)
 		fuzz_fail("FCM send does not carry the access token: %s",
 				  auth ? auth : "(none)");
 	fuzz_expect_string(json_object_get(body, "message"), "token", push_token,
