@@ -19,6 +19,12 @@ SELECT matchmaker.agora_token('not-hex', '5CFd2fd1755d40ecb72977518be15d3b',
 	'c', 1, 1, 1, 1, true);
 SELECT matchmaker.agora_token('970CA35de60c44645bbae8a215061b33',
 	'5CFd2fd1755d40ecb72977518be15d3b', 'c', -1, 1, 1, 1, true);
+-- a channel name must fit the token's 16-bit length
+SELECT length(matchmaker.agora_token('970CA35de60c44645bbae8a215061b33',
+	'5CFd2fd1755d40ecb72977518be15d3b', repeat('c', 65535), 1, 1, 1, 1, true))
+	> 0 AS longest_channel;
+SELECT matchmaker.agora_token('970CA35de60c44645bbae8a215061b33',
+	'5CFd2fd1755d40ecb72977518be15d3b', repeat('c', 65536), 1, 1, 1, 1, true);
 
 -- ending a match marks it once
 INSERT INTO matchmaker.matches (mood, intent_ids, user_ids)

@@ -148,11 +148,12 @@ write_cb(char *data, size_t size, size_t nmemb, void *userp)
 }
 
 /*
- * Retry-After is either delta-seconds or an HTTP date (RFC 9110 10.2.3).
+ * Parse the value of a Retry-After header: delta-seconds or an HTTP date
+ * (RFC 9110 10.2.3), capped at one day.  value need not be NUL-terminated.
  * Returns milliseconds from now, or -1 when absent or unreadable.
  */
-static int
-parse_retry_after(const char *value, size_t len)
+int
+mm_http_parse_retry_after(const char *value, size_t len)
 {
 	char		buf[128];
 	char	   *end;
@@ -208,8 +209,9 @@ header_cb(char *data, size_t size, size_t nmemb, void *userp)
 
 	if (n > sizeof(name) - 1 &&
 		pg_strncasecmp(data, name, sizeof(name) - 1) == 0)
-		req->retry_after_ms = parse_retry_after(data + sizeof(name) - 1,
-												n - (sizeof(name) - 1));
+		req->retry_after_ms =
+			mm_http_parse_retry_after(data + sizeof(name) - 1,
+									  n - (sizeof(name) - 1));
 	return n;
 }
 
@@ -614,19 +616,11 @@ mm_http_classify(const MMHttpResponse *resp, MMOutcome *out)
 	}
 
 	{
-		char		snippet[201];
-		size_t		n = Min(resp->body_len, sizeof(snippet) - 1);
+		size_t		n = Min(resp->body_len, 200);
 
-		/* keep error text printable: it ends up in a text column */
-		for (size_t i = 0; i < n; i++)
-		{
-			unsigned char c = (unsigned char) resp->body[i];
-
-			snippet[i] = (c < 0x20 || c >= 0x7f) ? ' ' : (char) c;
-		}
-		snippet[n] = '\0';
 		out->error = psprintf("HTTP %ld%s%s", resp->status,
-							  n > 0 ? ": " : "", snippet);
+							  n > 0 ? ": " : "",
+							  mm_printable_text(resp->body, n));
 	}
 
 	if (resp->status == 408 || resp->status == 429 || resp->status >= 500)

@@ -64,6 +64,51 @@ mm_json_get_string(json_t *obj, const char *key, const char **value,
 }
 
 /*
+ * Copy at most maxlen bytes of the UTF-8 string s into a palloc'd string,
+ * without cutting a character in two: a provider's message shortened for
+ * last_error must stay valid text.
+ */
+char *
+mm_clip_utf8(const char *s, size_t maxlen)
+{
+	size_t		len = strnlen(s, maxlen + 1);
+	char	   *result;
+
+	if (len > maxlen)
+	{
+		/* drop the character that s[maxlen] belongs to */
+		len = maxlen;
+		while (len > 0 && ((unsigned char) s[len] & 0xc0) == 0x80)
+			len--;
+	}
+	result = palloc(len + 1);
+	memcpy(result, s, len);
+	result[len] = '\0';
+	return result;
+}
+
+/*
+ * Copy len bytes of s into a palloc'd string with every byte outside
+ * printable ASCII replaced by a space.  Text quoted from a response need
+ * not be valid UTF-8, and jansson's error messages quote the bytes near
+ * the error, but an error text ends up in a text column.
+ */
+char *
+mm_printable_text(const char *s, size_t len)
+{
+	char	   *result = palloc(len + 1);
+
+	for (size_t i = 0; i < len; i++)
+	{
+		unsigned char c = (unsigned char) s[i];
+
+		result[i] = (c < 0x20 || c >= 0x7f) ? ' ' : (char) c;
+	}
+	result[len] = '\0';
+	return result;
+}
+
+/*
  * A random token of nbytes strong random bytes, as lowercase hex.
  */
 char *

@@ -130,11 +130,14 @@ extern void mm_http_perform(void);
 extern void mm_http_socket_ready(void);
 extern void mm_http_classify(const MMHttpResponse *resp, MMOutcome *out);
 extern char *mm_redact_secrets(MemoryContext cxt, const char *text);
+extern int	mm_http_parse_retry_after(const char *value, size_t len);
 
 /* json.c */
 extern char *mm_json_dump(json_t *value);
 extern bool mm_json_get_string(json_t *obj, const char *key,
 							   const char **value, size_t maxlen);
+extern char *mm_clip_utf8(const char *s, size_t maxlen);
+extern char *mm_printable_text(const char *s, size_t len);
 extern char *mm_random_token(int nbytes);
 extern int64 mm_random_room_id(void);
 

@@ -142,7 +142,8 @@ apns_answer(const MMHttpResponse *resp, void *arg)
 	reason = json_string_value(json_object_get(root, "reason"));
 	if (reason != NULL)
 	{
-		job->outcome.error = psprintf("APNs %ld %.100s", resp->status, reason);
+		job->outcome.error = psprintf("APNs %ld %s", resp->status,
+									  mm_clip_utf8(reason, 100));
 		if (resp->status == 410 ||
 			(resp->status == 400 &&
 			 (strcmp(reason, "BadDeviceToken") == 0 ||

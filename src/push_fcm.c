@@ -188,6 +188,20 @@ flush_queue(void)
 	queue_tail = NULL;
 }
 
+/*
+ * True if token is visible ASCII only, a superset of RFC 6750's b64token,
+ * so that it can go into an Authorization header as it is.  A line break
+ * from the token endpoint would otherwise add a header to our requests.
+ */
+static bool
+is_bearer_token(const char *token)
+{
+	for (; *token != '\0'; token++)
+		if ((unsigned char) *token < 0x21 || (unsigned char) *token > 0x7e)
+			return false;
+	return true;
+}
+
 static void
 token_answer(const MMHttpResponse *resp, void *arg)
 {
@@ -207,11 +221,12 @@ token_answer(const MMHttpResponse *resp, void *arg)
 		return;
 	}
 	root = json_loadb(resp->body, resp->body_len, 0, NULL);
-	if (!mm_json_get_string(root, "access_token", &token, 4096))
+	if (!mm_json_get_string(root, "access_token", &token, 4096) ||
+		!is_bearer_token(token))
 	{
 		json_decref(root);
 		state = TOKEN_NONE;
-		fail_queue(MM_RETRY, "FCM token response is missing \"access_token\"");
+		fail_queue(MM_RETRY, "FCM token response is missing a valid \"access_token\"");
 		return;
 	}
 	expires_in = json_integer_value(json_object_get(root, "expires_in"));
@@ -343,10 +358,10 @@ send_answer(const MMHttpResponse *resp, void *arg)
 	code = fcm_error_code(root, &message, &is_fcm);
 	if (code != NULL)
 	{
-		job->outcome.error = psprintf("FCM error %s (HTTP %ld)%s%.200s",
+		job->outcome.error = psprintf("FCM error %s (HTTP %ld)%s%s",
 									  code, resp->status,
 									  message ? ": " : "",
-									  message ? message : "");
+									  message ? mm_clip_utf8(message, 200) : "");
 		if (strcmp(code, "UNREGISTERED") == 0 ||
 			strcmp(code, "SENDER_ID_MISMATCH") == 0 ||
 			strcmp(code, "INVALID_ARGUMENT") == 0 ||
@@ -367,6 +382,7 @@ send_answer(const MMHttpResponse *resp, void *arg)
 		if (state == TOKEN_READY)
 			state = TOKEN_NONE;
 		job->outcome.result = MM_RETRY;
+		job->outcome.token_dead = false;
 		job->outcome.retry_after_ms = 0;
 	}
 	json_decref(root);

@@ -74,7 +74,8 @@ is_hex32(const char *s)
 /*
  * Build an RTC AccessToken2.  privilege_expire and expire are seconds
  * relative to issue_ts.  Returns NULL with *error set when the app id or
- * certificate is not 32 hex characters.
+ * certificate is not 32 hex characters, or the channel name does not fit
+ * the token's 16-bit string length.
  */
 char *
 mm_agora_token(const char *app_id, const char *certificate,
@@ -97,6 +98,11 @@ mm_agora_token(const char *app_id, const char *certificate,
 	if (!is_hex32(app_id) || !is_hex32(certificate))
 	{
 		*error = "the Agora app id and certificate must be 32 hexadecimal characters";
+		return NULL;
+	}
+	if (strlen(channel) > PG_UINT16_MAX)
+	{
+		*error = "the Agora channel name must be at most 65535 bytes";
 		return NULL;
 	}
 

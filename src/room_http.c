@@ -35,7 +35,8 @@ http_room_answer(const MMHttpResponse *resp, void *arg)
 	{
 		job->outcome.result = MM_RETRY;
 		job->outcome.error = psprintf("invalid JSON in room service response: %s",
-									  jerr.text);
+									  mm_printable_text(jerr.text,
+														strlen(jerr.text)));
 		mm_room_done(job);
 		return;
 	}

@@ -121,7 +121,8 @@ janus_parse(const MMHttpResponse *resp, MMOutcome *out, int *code)
 	{
 		out->result = MM_RETRY;
 		out->error = psprintf("invalid JSON in Janus response: %s",
-							  root ? "not an object" : jerr.text);
+							  root ? "not an object" :
+							  mm_printable_text(jerr.text, strlen(jerr.text)));
 		json_decref(root);
 		return NULL;
 	}

@@ -86,9 +86,10 @@ create_answer(const MMHttpResponse *resp, void *arg)
 
 		if (code != NULL)
 		{
-			job->outcome.error = psprintf("LiveKit CreateRoom failed: %.50s (HTTP %ld)%s%.200s",
-										  code, resp->status,
-										  msg ? ": " : "", msg ? msg : "");
+			job->outcome.error = psprintf("LiveKit CreateRoom failed: %s (HTTP %ld)%s%s",
+										  mm_clip_utf8(code, 50), resp->status,
+										  msg ? ": " : "",
+										  msg ? mm_clip_utf8(msg, 200) : "");
 			/* Twirp sends rate limiting as 403 resource_exhausted */
 			if (strcmp(code, "resource_exhausted") == 0 ||
 				strcmp(code, "unavailable") == 0)

@@ -108,7 +108,7 @@ test('garbage room answers fail match', { timeout: lib.TEST_TIMEOUT_MS }, async 
   const logOffset = lib.serverLogSize();
 
   const variants = ['text', 'html', 'truncated', 'array', 'no-room', 'no-tokens',
-    'wrong-types', 'missing-user', 'empty'];
+    'wrong-types', 'missing-user', 'empty', 'bad-escape'];
   // One mood per variant, so that each pair is made of its own users.
   const pairs = [];
   const intents = [];
@@ -125,6 +125,10 @@ test('garbage room answers fail match', { timeout: lib.TEST_TIMEOUT_MS }, async 
     const match = await lib.settledMatch(pair);
     assert.equal(match.status, 'failed', `variant ${variant}: expected a failed match`);
     assert.ok(match.last_error, `variant ${variant}: last_error must be set`);
+    // psql drops bytes that are not UTF-8 from its output, so the server
+    // checks the stored text: convert_from() raises an error on them
+    await lib.sql(`SELECT convert_from(convert_to(last_error, 'UTF8'), 'UTF8')
+      FROM matchmaker.matches WHERE id = ${match.id}`);
     const requests = await lib.roomRequests(`garbage-${variant}-${lib.runTag}-`);
     assert.ok(requests.length >= 1, `variant ${variant}: no room request`);
     assert.ok(requests.length <= MAX_ATTEMPTS,

@@ -101,6 +101,12 @@ const GARBAGE = {
     });
     response.end(text);
   },
+  // An invalid escape before a two-byte character: jansson's error
+  // message quotes the first byte of that character alone.
+  'bad-escape': (response) => {
+    response.writeHead(200, { 'Content-Type': 'application/json' });
+    response.end('{"room": "\\\u00e9"}');
+  },
 };
 
 function nextRoomName() {
