@@ -293,6 +293,12 @@ appendBinaryStringInfo(StringInfo str, const char *data, int datalen)
 }
 
 void
+appendStringInfoString(StringInfo str, const char *s)
+{
+	appendBinaryStringInfo(str, s, strlen(s));
+}
+
+void
 appendStringInfoChar(StringInfo str, char ch)
 {
 	appendBinaryStringInfo(str, &ch, 1);
@@ -316,6 +322,12 @@ errstart_cold(int elevel, const char *domain)
 
 int
 errcode(int sqlerrcode)
+{
+	return 0;
+}
+
+int
+errcode_for_socket_access(void)
 {
 	return 0;
 }

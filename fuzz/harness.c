@@ -42,6 +42,7 @@ int			mm_max_inflight = 64;
 int			mm_poll_interval = 1000;
 int			mm_batch_size = 100;
 char	   *mm_webhook_secret = "";
+char	   *mm_ca_file = "";
 char	   *mm_fcm_project_id = "demo-project";
 char	   *mm_fcm_key_file = "";
 char	   *mm_fcm_token_url = "http://127.0.0.1:9001/token";
