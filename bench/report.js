@@ -53,6 +53,13 @@ function computeFigures(phases) {
       intentRate: r1.intentRate,
       bareRate: r1.bareRate,
     },
+    insertPathCost: {
+      value: r1.idleIntentRate / r1.bareRate,
+      goal: null,
+      met: null,
+      intentRate: r1.idleIntentRate,
+      bareRate: r1.bareRate,
+    },
     throughput: {
       value: r2.matchPushRate / r1.bareRate,
       goal: '>= 0.5',
@@ -88,6 +95,7 @@ function computeFigures(phases) {
 // The phases each figure is computed from.
 const FIGURE_PHASES = {
   insertCost: ['r1'],
+  insertPathCost: ['r1'],
   throughput: ['r1', 'r2'],
   latencyPairToPush: ['latency'],
   latencyInsertToPush: ['latency'],
@@ -123,6 +131,8 @@ function tableRows(figures, run) {
   return [
     ['R1 insert cost', `${fixed(f.insertCost.value, 2)}  (${integer.format(f.insertCost.intentRate)}` +
       ` vs ${integer.format(f.insertCost.bareRate)} bare inserts/s)`, f.insertCost.goal, verdict(f.insertCost)],
+    ['R1 without the worker', `${fixed(f.insertPathCost.value, 2)}  (${integer.format(f.insertPathCost.intentRate)}` +
+      ` vs ${integer.format(f.insertPathCost.bareRate)} bare inserts/s)`, '-', verdict(f.insertPathCost)],
     ['R2 throughput', `${fixed(f.throughput.value, 2)}  (${integer.format(f.throughput.matchPushRate)}` +
       ` intents matched and pushed/s)`, f.throughput.goal, verdict(f.throughput)],
     [`latency at ${run.latencyRate}/s, pair to push`,

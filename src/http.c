@@ -60,8 +60,8 @@ static TimestampTz timer_deadline = 0;	/* 0: no timer requested */
 static const char *answering_credential = NULL;
 
 /*
- * The sockets libcurl asks to watch live in one epoll set of their own,
- * changed as libcurl asks, one socket at a time.  The worker's wait event
+ * The sockets libcurl watches live in one epoll set of their own, changed
+ * one socket at a time from the socket callback.  The worker's wait event
  * set watches only that epoll descriptor, so its size and the cost of
  * building it do not grow with the requests in flight.
  */
@@ -192,8 +192,12 @@ mm_http_parse_retry_after(const char *value, size_t len)
 		 * a date 2 s ahead as up to 3 s away.
 		 */
 		gettimeofday(&now, NULL);
-		ms = (int64) when * 1000 - ((int64) now.tv_sec * 1000 + now.tv_usec / 1000);
-		return (int) Max(Min(ms, (int64) 86400 * 1000), 0);
+		if (when <= now.tv_sec)
+			return 0;
+		if (when - now.tv_sec > 86400)
+			return 86400 * 1000;
+		ms = (int64) (when - now.tv_sec) * 1000 - now.tv_usec / 1000;
+		return (int) Max(ms, 0);
 	}
 	/* cap the requested delay at one day */
 	secs = Min(secs, 86400L);

@@ -52,9 +52,10 @@ static const char *select_sql =
 "ORDER BY w.mood, w.id";
 
 /*
- * The intents are found through "= ANY" on each match's pair, which only
- * an index scan of the primary key can answer: a join on unnested ids
- * let the planner hash the whole intents table for a few dozen rows.
+ * The intents are found through "= ANY" on each match's pair, which the
+ * planner can only serve with an index scan of the primary key.  A join
+ * on unnested ids let it hash the whole intents table for a few dozen
+ * rows.
  */
 static const char *pair_sql =
 "WITH pairs AS ("
@@ -72,7 +73,7 @@ static const char *pair_sql =
 /*
  * Prepare a statement once per process and keep it.  With replan, its
  * plan is made again at every execution with the tables' current sizes
- * (a custom plan): the queues start empty and grow fast, and a plan made
+ * (a custom plan).  The queues start empty and grow fast, so a plan made
  * while they were small, such as a sequential scan and sort of the whole
  * queue, would be kept long after it stopped fitting.  Planning costs far
  * less than such a scan, but is wasted on statements that look rows up by

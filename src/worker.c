@@ -908,9 +908,9 @@ start_push(MMPushJob *job)
 
 /*
  * Claim pushes, then rooms, up to the free request slots.  Pushes go
- * first because they finish what earlier rooms began: each room made adds
+ * first because they finish what earlier rooms began.  Each room made adds
  * two pushes, so under load the slots settle where pushes keep up with
- * rooms, and a flood of new matches cannot hold back the news of earlier
+ * rooms, and a flood of new matches cannot delay the pushes of earlier
  * ones.
  */
 static void
@@ -1472,7 +1472,7 @@ sleep_ms(TimestampTz next_poll)
 /*
  * Raise this process's soft limit on open files to the hard limit.  Every
  * request in flight, and every idle connection libcurl keeps for reuse,
- * is a socket; with a soft limit of 1024, a few hundred requests to two
+ * is a socket.  With a soft limit of 1024, a few hundred requests to two
  * providers next to PostgreSQL's own files ran out of descriptors.
  * PostgreSQL sized its file cache from the limit it started with, so the
  * extra room goes to the sockets.
@@ -1512,7 +1512,7 @@ matchmaker_worker_main(Datum main_arg)
 	 * The worker commits many short transactions; waiting for each to
 	 * reach disk would cap it at the disk's flush rate.  Its commits are
 	 * asynchronous, and start_job() flushes the WAL before any request
-	 * leaves, so nobody hears of a row a crash could still take back.
+	 * leaves, so no provider receives a row that a crash could undo.
 	 */
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
