@@ -245,7 +245,7 @@ mm_http_init(void)
 	 */
 	curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
 	/* idle connections kept for reuse, as many as max_inflight can be */
-	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, 512L);
+	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, 4096L);
 }
 
 /*

@@ -336,15 +336,16 @@ define_settings(void)
 							NULL, NULL, NULL);
 
 	/*
-	 * Each request in flight holds a socket, and libcurl keeps up to 512
-	 * idle connections for reuse besides.  The worker raises its soft
-	 * limit on open files to the hard limit at start for them.
+	 * Each request in flight holds a socket, and libcurl keeps idle
+	 * connections for reuse besides.  The worker raises its soft limit on
+	 * open files to the hard limit at start, and keeps fewer requests in
+	 * flight than this when that limit leaves too little room.
 	 */
 	DefineCustomIntVariable("matchmaker.max_inflight",
 							"Most provider requests the worker keeps open at once.",
 							NULL,
 							&mm_max_inflight,
-							128, 1, 512,
+							128, 1, 4096,
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 

@@ -92,6 +92,24 @@ static int64 *closing = NULL;
 static int	nclosing = 0;
 static int	jobs_inflight = 0;
 
+/*
+ * Most requests in flight the open file limit leaves room for: each holds
+ * a socket, and libcurl may keep as many idle ones for reuse, besides the
+ * files PostgreSQL itself keeps open (up to max_files_per_process, 1000 by
+ * default).  Set by raise_open_file_limit().
+ */
+static int	inflight_fd_cap = 128;
+
+/*
+ * Return matchmaker.max_inflight, lowered to what the open file limit
+ * allows.
+ */
+static int
+max_inflight(void)
+{
+	return Min(mm_max_inflight, inflight_fd_cap);
+}
+
 /* work that may be waiting beyond what the last claim took */
 static bool want_match = true;
 static bool want_rooms = true;
@@ -916,7 +934,7 @@ start_push(MMPushJob *job)
 static void
 claim_and_start(void)
 {
-	int			free_slots = mm_max_inflight - jobs_inflight;
+	int			free_slots = max_inflight() - jobs_inflight;
 	Claim		claim;
 
 	if (want_pushes && free_slots > 0)
@@ -1050,7 +1068,7 @@ run_closing(void)
 {
 	const MMRoomProvider *provider = room_provider();
 	CloseClaim	claim = {0};
-	int			free_slots = mm_max_inflight - jobs_inflight;
+	int			free_slots = max_inflight() - jobs_inflight;
 
 	want_closes = false;
 	if (provider->close == NULL || free_slots <= 0)
@@ -1456,7 +1474,7 @@ sleep_ms(TimestampTz next_poll)
 	long		ms;
 	long		curl_ms = mm_http_timeout_ms();
 	TimestampTz now = GetCurrentTimestamp();
-	bool		slots_free = jobs_inflight < mm_max_inflight;
+	bool		slots_free = jobs_inflight < max_inflight();
 
 	if (rooms_done || pushes_done || closes_done ||
 		(extension_ready &&
@@ -1482,12 +1500,29 @@ raise_open_file_limit(void)
 {
 	struct rlimit lim;
 
-	if (getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur >= lim.rlim_max)
+	if (getrlimit(RLIMIT_NOFILE, &lim) != 0)
 		return;
-	lim.rlim_cur = lim.rlim_max;
-	if (setrlimit(RLIMIT_NOFILE, &lim) != 0)
+	if (lim.rlim_cur < lim.rlim_max)
+	{
+		struct rlimit raised = lim;
+
+		raised.rlim_cur = raised.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &raised) == 0)
+			lim = raised;
+		else
+			ereport(LOG,
+					(errmsg("matchmaker worker could not raise its open file limit: %m")));
+	}
+	if (lim.rlim_cur == RLIM_INFINITY || lim.rlim_cur > 1024 + 2 * 4096)
+		inflight_fd_cap = 4096;
+	else if (lim.rlim_cur > 1024 + 2 * 128)
+		inflight_fd_cap = (int) ((lim.rlim_cur - 1024) / 2);
+	if (mm_max_inflight > inflight_fd_cap)
 		ereport(LOG,
-				(errmsg("matchmaker worker could not raise its open file limit: %m")));
+				(errmsg("matchmaker worker keeps at most %d requests in flight, fewer than matchmaker.max_inflight",
+						inflight_fd_cap),
+				 errdetail("The open file limit of the worker is %lu.",
+						   (unsigned long) lim.rlim_cur)));
 }
 
 void
