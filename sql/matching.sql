@@ -72,4 +72,12 @@ SELECT count(*) AS intents_in_two_matches FROM (
 	SELECT unnest(intent_ids) AS id FROM matchmaker.matches
 ) x GROUP BY id HAVING count(*) > 1;
 
+-- the limit applies to each mood: two moods with four waiting each
+DELETE FROM matchmaker.intents WHERE status = 'waiting';
+SELECT count(want('pm' || g, (ARRAY['happy','sad'])[g % 2 + 1]))
+FROM generate_series(1, 8) g;
+SELECT matchmaker.match_pass(2);
+SELECT mood, count(*) AS still_waiting FROM matchmaker.intents
+WHERE user_id LIKE 'pm%' AND status = 'waiting' GROUP BY mood ORDER BY mood;
+
 SELECT matchmaker.match_pass(1);
