@@ -246,6 +246,28 @@ extern bool mm_check_apns_key_file(char **newval, void **extra, GucSource source
 extern bool mm_check_webhook_secret(char **newval, void **extra, GucSource source);
 extern void mm_push_done(MMPushJob *job);
 
+/*
+ * End a room or push job before any request, with the given result and
+ * error text.
+ */
+static inline void
+mm_room_end(MMRoomJob *job, MMResult result, const char *error)
+{
+	job->outcome.result = result;
+	job->outcome.error = pstrdup(error);
+	job->outcome.retry_after_ms = -1;
+	mm_room_done(job);
+}
+
+static inline void
+mm_push_end(MMPushJob *job, MMResult result, const char *error)
+{
+	job->outcome.result = result;
+	job->outcome.error = pstrdup(error);
+	job->outcome.retry_after_ms = -1;
+	mm_push_done(job);
+}
+
 /* shared memory (matchmaker.c): how inserting backends find the worker */
 typedef struct MMShared
 {

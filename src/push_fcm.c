@@ -150,15 +150,6 @@ mm_check_fcm_key_file(char **newval, void **extra, GucSource source)
 }
 
 static void
-end_job(MMPushJob *job, MMResult result, const char *error)
-{
-	job->outcome.result = result;
-	job->outcome.error = pstrdup(error);
-	job->outcome.retry_after_ms = -1;
-	mm_push_done(job);
-}
-
-static void
 fail_queue(MMResult result, const char *error)
 {
 	while (queue_head != NULL)
@@ -167,7 +158,7 @@ fail_queue(MMResult result, const char *error)
 
 		queue_head = job->next;
 		job->next = NULL;
-		end_job(job, result, error);
+		mm_push_end(job, result, error);
 	}
 	queue_tail = NULL;
 }
@@ -429,7 +420,7 @@ send_message(MMPushJob *job)
 	if (!json_is_object(data))
 	{
 		json_decref(data);
-		end_job(job, MM_FAIL, "outbox payload is not a JSON object");
+		mm_push_end(job, MM_FAIL, "outbox payload is not a JSON object");
 		return;
 	}
 	body = json_pack("{s:{s:s, s:o, s:{s:s, s:s}, s:{s:{s:s, s:s}, s:{s:{s:i}}}}}",
@@ -444,7 +435,7 @@ send_message(MMPushJob *job)
 	json_decref(data);
 	if (body == NULL)
 	{
-		end_job(job, MM_FAIL, "push token is not valid UTF-8");
+		mm_push_end(job, MM_FAIL, "push token is not valid UTF-8");
 		return;
 	}
 

@@ -111,10 +111,7 @@ webhook_start(MMPushJob *job)
 	body = json_pack("{s:s, s:o}", "to", job->push_token, "data", data);
 	if (body == NULL)
 	{
-		job->outcome.result = MM_FAIL;
-		job->outcome.error = pstrdup("push token is not valid UTF-8");
-		job->outcome.retry_after_ms = -1;
-		mm_push_done(job);
+		mm_push_end(job, MM_FAIL, "push token is not valid UTF-8");
 		return;
 	}
 	text = mm_json_dump(body);
@@ -126,10 +123,7 @@ webhook_start(MMPushJob *job)
 	if (keylen < 0)
 	{
 		/* do not send unsigned what the receiver expects signed */
-		job->outcome.result = MM_RETRY;
-		job->outcome.error = pstrdup("matchmaker.webhook_secret is malformed: it must be \"whsec_\" followed by 24 to 64 bytes in base64");
-		job->outcome.retry_after_ms = -1;
-		mm_push_done(job);
+		mm_push_end(job, MM_RETRY, "matchmaker.webhook_secret is malformed: it must be \"whsec_\" followed by 24 to 64 bytes in base64");
 		return;
 	}
 	if (keylen > 0)

@@ -82,10 +82,7 @@ http_room_start(MMRoomJob *job)
 
 	if (mm_room_url[0] == '\0')
 	{
-		job->outcome.result = MM_RETRY;
-		job->outcome.error = pstrdup("matchmaker.room_url is not set");
-		job->outcome.retry_after_ms = -1;
-		mm_room_done(job);
+		mm_room_end(job, MM_RETRY, "matchmaker.room_url is not set");
 		return;
 	}
 	req = json_pack("{s:I, s:s, s:[s, s]}",

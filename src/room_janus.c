@@ -457,18 +457,12 @@ janus_start(MMRoomJob *job)
 	job->next = NULL;
 	if (!plan_is_valid(job->plan))
 	{
-		job->outcome.result = MM_FAIL;
-		job->outcome.error = pstrdup("matches.plan is damaged: it needs a room id, a secret and two tokens");
-		job->outcome.retry_after_ms = -1;
-		mm_room_done(job);
+		mm_room_end(job, MM_FAIL, "matches.plan is damaged: it needs a room id, a secret and two tokens");
 		return;
 	}
 	if (mm_room_url[0] == '\0')
 	{
-		job->outcome.result = MM_RETRY;
-		job->outcome.error = pstrdup("matchmaker.room_url is not set");
-		job->outcome.retry_after_ms = -1;
-		mm_room_done(job);
+		mm_room_end(job, MM_RETRY, "matchmaker.room_url is not set");
 		return;
 	}
 	if (state == JANUS_READY)
