@@ -100,11 +100,11 @@ SET ROLE regress_app_b;
 INSERT INTO matchmaker.intents (user_id, mood, push_token)
 VALUES ('pb3', 'privileges', 'tok-pb3');
 -- user ids are shared by all apps: a user waiting for one app cannot wait
--- for another, and the error tells so
+-- for another, and the error names the waiting user
 INSERT INTO matchmaker.intents (user_id, mood, push_token)
 VALUES ('pa3', 'privileges', 'tok-pa3');
 
--- each app sees only its own intents, and their results
+-- each app reads only its own intents, and their results
 SET ROLE regress_app_a;
 SELECT user_id, status, match_id IS NOT NULL AS matched, created_by
 FROM matchmaker.intents ORDER BY user_id;
@@ -149,7 +149,7 @@ SELECT * FROM matchmaker.stats;
 SELECT * FROM matchmaker.waiting;
 INSERT INTO matchmaker.outbox (intent_id, push_token, payload)
 VALUES (1, 'tok', '{}');
--- of matches, an app sees the ids of its own only
+-- of matches, an app reads only the ids of its own
 SELECT count(*) AS own_matches FROM matchmaker.matches;
 
 -- internal functions are closed

@@ -635,10 +635,10 @@ mm_http_classify(const MMHttpResponse *resp, MMOutcome *out)
 
 /*
  * Return a copy of text, allocated in cxt, with every secret it contains
- * replaced by "[redacted]": the webhook secret, the Agora certificate,
- * the LiveKit API secret, and the Authorization token of the request
- * whose response is being handled (an FCM access token, an APNs or LiveKit
- * JWT), which a peer may echo in an error body.  The key files' contents
+ * replaced by "[redacted]".  The secrets are the webhook secret, the Agora
+ * certificate, the LiveKit API secret, and the Authorization token of the
+ * request whose response is being handled (an FCM access token, an APNs
+ * or LiveKit JWT), which a peer may echo in an error body.  The key files' contents
  * never reach an error text, so they need no redaction.
  *
  * XXX: a secret cut short anywhere but at the end of text, as by the

@@ -13,9 +13,9 @@
  *
  * Both run once per row on the insert path of every app, so they are C
  * rather than PL/pgSQL.  The two lookups (is the mood in the catalogue,
- * does the user already wait) run as the table's owner, the way
- * PostgreSQL's own foreign key checks do, so an app role needs no right
- * to read the catalogue or other users' intents.
+ * does the user already wait) run as the table's owner, as PostgreSQL's
+ * own foreign key checks do.  An app role so needs no right to read the
+ * catalogue or other users' intents.
  *
  *-------------------------------------------------------------------------
  */

@@ -336,7 +336,7 @@ define_settings(void)
 							NULL, NULL, NULL);
 
 	/*
-	 * Each request in flight holds a socket, and libcurl keeps idle
+	 * Each request in flight uses a socket, and libcurl keeps idle
 	 * connections for reuse besides.  The worker raises its soft limit on
 	 * open files to the hard limit at start, and keeps fewer requests in
 	 * flight than this when that limit leaves too little room.

@@ -93,7 +93,7 @@ static int	nclosing = 0;
 static int	jobs_inflight = 0;
 
 /*
- * Most requests in flight the open file limit leaves room for: each holds
+ * Most requests in flight the open file limit leaves room for.  Each uses
  * a socket, and libcurl may keep as many idle ones for reuse, besides the
  * files PostgreSQL itself keeps open (up to max_files_per_process, 1000 by
  * default).  Set by raise_open_file_limit().
