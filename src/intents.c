@@ -13,16 +13,20 @@
  *
  * Both run once per row on the insert path of every app, so they are C
  * rather than PL/pgSQL.  The two lookups (is the mood in the catalogue,
- * does the user already wait) run as the table's owner, as PostgreSQL's
- * own foreign key checks do.  An app role so needs no right to read the
- * catalogue or other users' intents.
+ * does the user already wait) read an index directly; see index_finds().
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/relscan.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -30,7 +34,11 @@
 #define json_object pg_sql_json_object
 #include "utils/builtins.h"
 #undef json_object
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/relcache.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "matchmaker.h"
@@ -41,16 +49,8 @@ PG_FUNCTION_INFO_V1(matchmaker_intents_before_update);
 #define USER_ID_MAX_BYTES		128
 #define PUSH_TOKEN_MAX_BYTES	4096
 
-static SPIPlanPtr mood_plan = NULL;
-static SPIPlanPtr waiting_plan = NULL;
-
-static const char *mood_sql =
-"SELECT 1 FROM matchmaker.moods m WHERE m.mood OPERATOR(pg_catalog.=) $1";
-
-static const char *waiting_sql =
-"SELECT 1 FROM matchmaker.intents i "
-"WHERE i.user_id OPERATOR(pg_catalog.=) $1 "
-"  AND i.status OPERATOR(pg_catalog.=) 'waiting'";
+/* the unique index that allows one waiting intent per user */
+#define WAITING_INDEX	"intents_one_waiting_per_user"
 
 /*
  * Return the trigger data of a BEFORE row trigger for INSERT or UPDATE,
@@ -85,35 +85,69 @@ text_column(HeapTuple tuple, TupleDesc desc, const char *column)
 }
 
 /*
- * Return whether a query with one text argument finds a row.  The query
- * runs as the owner of the table the trigger fired on.
+ * Return whether an index whose first column is text contains value for a
+ * row this transaction can see: a committed row, or one this transaction
+ * wrote, in the current statement too.  So a user twice in one multi-row
+ * INSERT gets the friendly error.
+ *
+ * The index is read directly, as PostgreSQL's unique checks do.  A query
+ * would follow the table's statistics, and statistics taken while few
+ * intents waited made the planner scan every waiting intent for each
+ * insert.  Reading the index needs no right on the table either, so an
+ * app role needs none on the catalogue or on other users' intents.
  */
 static bool
-owner_finds(Relation rel, SPIPlanPtr *plan, const char *sql, const char *arg)
+index_finds(Relation heap, Oid index_oid, const char *value)
 {
-	Oid			argtypes[1] = {TEXTOID};
-	Datum		value = CStringGetTextDatum(arg);
-	Oid			save_userid;
-	int			save_sec_context;
-	int			ret;
+	Relation	index = index_open(index_oid, AccessShareLock);
+	TupleTableSlot *slot = table_slot_create(heap, NULL);
+	IndexScanDesc scan;
+	ScanKeyData key;
+	bool		found;
 
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(rel->rd_rel->relowner,
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_NOFORCE_RLS);
-	mm_prepare(plan, sql, 1, argtypes, false);
+	ScanKeyEntryInitialize(&key, 0, 1, BTEqualStrategyNumber, InvalidOid,
+						   index->rd_indcollation[0], F_TEXTEQ,
+						   CStringGetTextDatum(value));
+	scan = index_beginscan(heap, index, SnapshotSelf, 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	found = index_getnext_slot(scan, ForwardScanDirection, slot);
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(index, AccessShareLock);
+	return found;
+}
 
-	/*
-	 * Not read-only: SPI then reads with a new snapshot after the rows
-	 * this statement has already inserted, so that a user twice in one
-	 * multi-row INSERT gets the friendly error too.
-	 */
-	ret = SPI_execute_plan(*plan, &value, NULL, false, 1);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+/* Return whether matchmaker.moods (in the schema of intents) has a mood. */
+static bool
+mood_exists(Relation intents, const char *mood)
+{
+	Oid			moods_oid = get_relname_relid("moods",
+											  RelationGetNamespace(intents));
+	Relation	moods;
+	Oid			pkey;
+	bool		found;
 
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "lookup failed: %s", SPI_result_code_string(ret));
-	return SPI_processed > 0;
+	if (!OidIsValid(moods_oid))
+		elog(ERROR, "matchmaker.moods does not exist");
+	moods = table_open(moods_oid, AccessShareLock);
+	pkey = RelationGetPrimaryKeyIndex(moods);
+	if (!OidIsValid(pkey))
+		elog(ERROR, "matchmaker.moods has no primary key");
+	found = index_finds(moods, pkey, mood);
+	table_close(moods, AccessShareLock);
+	return found;
+}
+
+/* Return whether a user already has a waiting intent. */
+static bool
+user_waits(Relation intents, const char *user_id)
+{
+	Oid			index_oid = get_relname_relid(WAITING_INDEX,
+											  RelationGetNamespace(intents));
+
+	if (!OidIsValid(index_oid))
+		elog(ERROR, "index matchmaker.%s does not exist", WAITING_INDEX);
+	return index_finds(intents, index_oid, user_id);
 }
 
 /*
@@ -162,9 +196,7 @@ matchmaker_intents_before_insert(PG_FUNCTION_ARGS)
 				 PUSH_TOKEN_MAX_BYTES);
 
 	/* values checked against the tables, and the status in between */
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (mood == NULL || !owner_finds(rel, &mood_plan, mood_sql, mood))
+	if (mood == NULL || !mood_exists(rel, mood))
 		ereport(ERROR,
 				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
 				 errmsg("unknown mood \"%s\"", mood ? mood : ""),
@@ -174,12 +206,11 @@ matchmaker_intents_before_insert(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_CHECK_VIOLATION),
 				 errmsg("a new intent must be waiting, not %s",
 						status ? status : "null")));
-	if (owner_finds(rel, &waiting_plan, waiting_sql, user_id))
+	if (user_waits(rel, user_id))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNIQUE_VIOLATION),
 				 errmsg("user \"%s\" already has a waiting intent", user_id),
 				 errhint("Cancel it first: UPDATE matchmaker.intents SET status = 'cancelled'.")));
-	SPI_finish();
 
 	/* a new intent has no match, and expires after intent_ttl by default */
 	cols[0] = SPI_fnumber(desc, "match_id");

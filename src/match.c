@@ -98,15 +98,16 @@ mm_prepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes,
 	return *plan;
 }
 
-static Datum
-text_array(Datum *elems, int n)
+/* One-dimensional arrays of text and of bigint values, for SPI arguments. */
+Datum
+mm_text_array(Datum *elems, int n)
 {
 	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false,
 										   TYPALIGN_INT));
 }
 
-static Datum
-int8_array(Datum *elems, int n)
+Datum
+mm_int8_array(Datum *elems, int n)
 {
 	return PointerGetDatum(construct_array(elems, n, INT8OID, 8,
 										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
@@ -209,11 +210,11 @@ mm_match_pass(int max_per_mood, bool *more)
 	{
 		Datum		args[5];
 
-		args[0] = text_array(moods, npairs);
-		args[1] = int8_array(as, npairs);
-		args[2] = int8_array(bs, npairs);
-		args[3] = text_array(uas, npairs);
-		args[4] = text_array(ubs, npairs);
+		args[0] = mm_text_array(moods, npairs);
+		args[1] = mm_int8_array(as, npairs);
+		args[2] = mm_int8_array(bs, npairs);
+		args[3] = mm_text_array(uas, npairs);
+		args[4] = mm_text_array(ubs, npairs);
 		ret = SPI_execute_plan(pair_plan, args, NULL, false, 0);
 		if (ret != SPI_OK_UPDATE)
 			elog(ERROR, "recording matches failed: %s",

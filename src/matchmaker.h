@@ -277,6 +277,8 @@ typedef struct MMShared
 extern MMShared *mm_shared;
 
 /* match.c */
+extern Datum mm_text_array(Datum *elems, int n);
+extern Datum mm_int8_array(Datum *elems, int n);
 extern SPIPlanPtr mm_prepare(SPIPlanPtr *plan, const char *sql, int nargs,
 							 Oid *argtypes, bool replan);
 extern int	mm_match_pass(int max_per_mood, bool *more);

@@ -296,45 +296,73 @@ static Statement claim_rooms_stmt = {
 	true
 };
 
+/*
+ * The statements that record an outcome find their rows by primary key
+ * and change them only while they are pending.  They lock the rows first
+ * and test the status of each locked row, because "status = 'pending'" in
+ * their own WHERE clause lets the planner pick the partial index on
+ * pending rows.  After statistics taken while nothing was pending, it
+ * does, and then reads every pending row to record each outcome.
+ */
+#define LOCK_ROWS(table, ids) \
+	"WITH cur AS MATERIALIZED (" \
+	"  SELECT id, status FROM matchmaker." table " WHERE id = " ids \
+	"  FOR UPDATE) "
+
 static Statement save_plan_stmt = {
-	"UPDATE matchmaker.matches SET plan = $2::jsonb "
-	"WHERE id = $1 AND status = 'pending'",
+	LOCK_ROWS("matches", "$1")
+	"UPDATE matchmaker.matches t SET plan = $2::jsonb "
+	"FROM cur WHERE t.id = cur.id AND cur.status = 'pending'",
 	2, {INT8OID, TEXTOID}
 };
 
-static Statement room_ready_stmt = {
-	"WITH m AS ("
-	"  UPDATE matchmaker.matches "
-	"  SET status = 'ready', room = $2, ready_at = now(), last_error = NULL, "
-	"      claimed_by = NULL "
-	"  WHERE id = $1 AND status = 'pending' "
-	"  RETURNING id, mood"
+/*
+ * Every match that got its room, in one statement: the match turns ready
+ * and each of its two users gets a push.  $1 is the array of match ids.
+ * $2, $3 and $4 are, in the same order, the rooms, the join tokens and the
+ * extra push fields (both JSON objects keyed by user id).  The intents are
+ * found by primary key through the match's pair.
+ */
+static Statement rooms_ready_stmt = {
+	LOCK_ROWS("matches", "ANY ($1)")
+	", r AS ("
+	"  SELECT * FROM unnest($1, $2, $3, $4) AS r(id, room, tokens, extras)"
+	"), m AS ("
+	"  UPDATE matchmaker.matches t "
+	"  SET status = 'ready', room = r.room, ready_at = now(), "
+	"      last_error = NULL, claimed_by = NULL "
+	"  FROM cur JOIN r ON r.id = cur.id "
+	"  WHERE t.id = cur.id AND cur.status = 'pending' "
+	"  RETURNING t.id, t.mood, t.intent_ids, r.room, r.tokens, r.extras"
 	") "
 	"INSERT INTO matchmaker.outbox (intent_id, match_id, push_token, payload) "
 	"SELECT i.id, m.id, i.push_token, "
-	"       coalesce($4::jsonb -> i.user_id, '{}') || "
+	"       coalesce(m.extras::jsonb -> i.user_id, '{}') || "
 	"       jsonb_build_object('type', 'match', 'intent_id', i.id, "
 	"                          'match_id', m.id, 'mood', m.mood, "
-	"                          'room', $2, 'token', $3::jsonb ->> i.user_id) "
-	"FROM m JOIN matchmaker.intents i ON i.match_id = m.id "
+	"                          'room', m.room, "
+	"                          'token', m.tokens::jsonb ->> i.user_id) "
+	"FROM m JOIN matchmaker.intents i ON i.id = ANY (m.intent_ids) "
 	"ORDER BY i.id",
-	4, {INT8OID, TEXTOID, TEXTOID, TEXTOID}
+	4, {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID}
 };
 
 static Statement room_retry_stmt = {
-	"UPDATE matchmaker.matches "
+	LOCK_ROWS("matches", "$1")
+	"UPDATE matchmaker.matches t "
 	"SET next_attempt_at = now() + $2 * interval '1 millisecond', "
 	"    last_error = $3, claimed_by = NULL "
-	"WHERE id = $1 AND status = 'pending'",
+	"FROM cur WHERE t.id = cur.id AND cur.status = 'pending'",
 	3, {INT8OID, INT4OID, TEXTOID}
 };
 
 static Statement room_fail_stmt = {
-	"WITH m AS ("
-	"  UPDATE matchmaker.matches "
+	LOCK_ROWS("matches", "$1")
+	", m AS ("
+	"  UPDATE matchmaker.matches t "
 	"  SET status = 'failed', last_error = $2, claimed_by = NULL "
-	"  WHERE id = $1 AND status = 'pending' "
-	"  RETURNING id"
+	"  FROM cur WHERE t.id = cur.id AND cur.status = 'pending' "
+	"  RETURNING t.id"
 	"), i AS ("
 	"  UPDATE matchmaker.intents i SET status = 'failed' "
 	"  FROM m WHERE i.match_id = m.id AND i.status = 'matched' "
@@ -362,17 +390,19 @@ static Statement claim_pushes_stmt = {
 };
 
 static Statement push_sent_stmt = {
-	"UPDATE matchmaker.outbox "
+	LOCK_ROWS("outbox", "ANY ($1)")
+	"UPDATE matchmaker.outbox t "
 	"SET status = 'sent', sent_at = now(), last_error = NULL, claimed_by = NULL "
-	"WHERE id = ANY ($1) AND status = 'pending'",
+	"FROM cur WHERE t.id = cur.id AND cur.status = 'pending'",
 	1, {INT8ARRAYOID}
 };
 
 static Statement push_retry_stmt = {
-	"UPDATE matchmaker.outbox "
+	LOCK_ROWS("outbox", "$1")
+	"UPDATE matchmaker.outbox t "
 	"SET next_attempt_at = now() + $2 * interval '1 millisecond', "
 	"    last_error = $3, claimed_by = NULL "
-	"WHERE id = $1 AND status = 'pending'",
+	"FROM cur WHERE t.id = cur.id AND cur.status = 'pending'",
 	3, {INT8OID, INT4OID, TEXTOID}
 };
 
@@ -386,9 +416,10 @@ static Statement dead_token_stmt = {
 };
 
 static Statement push_fail_stmt = {
-	"UPDATE matchmaker.outbox "
+	LOCK_ROWS("outbox", "$1")
+	"UPDATE matchmaker.outbox t "
 	"SET status = 'failed', last_error = $2, claimed_by = NULL "
-	"WHERE id = $1 AND status = 'pending'",
+	"FROM cur WHERE t.id = cur.id AND cur.status = 'pending'",
 	2, {INT8OID, TEXTOID}
 };
 
@@ -501,38 +532,61 @@ final_error(const MMOutcome *out, int attempts)
 	return out->error ? out->error : "failed";
 }
 
+/* Record the rooms of n jobs that got one, in one statement. */
+static void
+record_rooms_ready(MMRoomJob **jobs, int n)
+{
+	Datum	   *ids = palloc(sizeof(Datum) * n);
+	Datum	   *rooms = palloc(sizeof(Datum) * n);
+	Datum	   *tokens = palloc(sizeof(Datum) * n);
+	Datum	   *extras = palloc(sizeof(Datum) * n);
+	Datum		args[4];
+
+	for (int j = 0; j < n; j++)
+	{
+		MMRoomJob  *job = jobs[j];
+
+		/*
+		 * Not json_object(): the server exports a function of that name,
+		 * and the dynamic linker would bind the call to it.
+		 */
+		json_t	   *user_tokens = json_pack("{}");
+		json_t	   *user_extras = json_pack("{}");
+
+		for (int i = 0; i < 2; i++)
+		{
+			json_object_set_new(user_tokens, job->users[i],
+								json_string(job->tokens[i]));
+			if (job->extras[i])
+				json_object_set(user_extras, job->users[i], job->extras[i]);
+		}
+		ids[j] = Int64GetDatum(job->match_id);
+		rooms[j] = CStringGetTextDatum(job->room);
+		tokens[j] = CStringGetTextDatum(mm_json_dump(user_tokens));
+		extras[j] = CStringGetTextDatum(mm_json_dump(user_extras));
+	}
+	args[0] = mm_int8_array(ids, n);
+	args[1] = mm_text_array(rooms, n);
+	args[2] = mm_text_array(tokens, n);
+	args[3] = mm_text_array(extras, n);
+	execute(&rooms_ready_stmt, args, SPI_OK_INSERT);
+	want_pushes = true;
+	for (int j = 0; j < n; j++)
+		elog(DEBUG1, "matchmaker: match " INT64_FORMAT " has room %s",
+			 jobs[j]->match_id, jobs[j]->room);
+}
+
 static void
 record_room(MMRoomJob *job)
 {
-	Datum		args[4];
+	Datum		args[3];
 
 	if (job->outcome.result == MM_STALE)
 		return;
 	limit_retry_after(&job->outcome);
 	args[0] = Int64GetDatum(job->match_id);
 	if (job->outcome.result == MM_OK)
-	{
-		/*
-		 * Not json_object(): the server exports a function of that name,
-		 * and the dynamic linker would bind the call to it.
-		 */
-		json_t	   *tokens = json_pack("{}");
-
-		json_t	   *extras = json_pack("{}");
-
-		json_object_set_new(tokens, job->users[0], json_string(job->tokens[0]));
-		json_object_set_new(tokens, job->users[1], json_string(job->tokens[1]));
-		for (int i = 0; i < 2; i++)
-			if (job->extras[i])
-				json_object_set(extras, job->users[i], job->extras[i]);
-		args[1] = CStringGetTextDatum(job->room);
-		args[2] = CStringGetTextDatum(mm_json_dump(tokens));
-		args[3] = CStringGetTextDatum(mm_json_dump(extras));
-		execute(&room_ready_stmt, args, SPI_OK_INSERT);
-		want_pushes = true;
-		elog(DEBUG1, "matchmaker: match " INT64_FORMAT " has room %s",
-			 job->match_id, job->room);
-	}
+		record_rooms_ready(&job, 1);
 	else if (job->outcome.result == MM_RETRY && job->attempts < mm_max_attempts)
 	{
 		args[1] = Int32GetDatum(retry_delay_ms(job->attempts,
@@ -563,9 +617,7 @@ record_push(MMPushJob *job)
 	args[0] = Int64GetDatum(job->outbox_id);
 	if (job->outcome.result == MM_OK)
 	{
-		args[0] = PointerGetDatum(construct_array(args, 1, INT8OID, 8,
-												  FLOAT8PASSBYVAL,
-												  TYPALIGN_DOUBLE));
+		args[0] = mm_int8_array(args, 1);
 		execute(&push_sent_stmt, args, SPI_OK_UPDATE);
 	}
 	else if (job->outcome.result == MM_RETRY && job->attempts < mm_max_attempts)
@@ -600,8 +652,10 @@ record_push(MMPushJob *job)
 static void
 record_all_body(void *arg)
 {
+	int			nready = 0;
 	int			nsent = 0;
 	int			nmax = 0;
+	MMRoomJob **ready;
 	Datum	   *sent;
 	Oid			current = get_extension_oid("matchmaker", true);
 
@@ -613,8 +667,19 @@ record_all_body(void *arg)
 			job->outcome.result = MM_STALE;
 
 	for (MMRoomJob *job = rooms_done; job != NULL; job = job->next)
-		record_room(job);
+		nmax++;
+	ready = palloc(sizeof(MMRoomJob *) * Max(nmax, 1));
+	for (MMRoomJob *job = rooms_done; job != NULL; job = job->next)
+	{
+		if (job->outcome.result == MM_OK)
+			ready[nready++] = job;
+		else
+			record_room(job);
+	}
+	if (nready > 0)
+		record_rooms_ready(ready, nready);
 
+	nmax = 0;
 	for (MMPushJob *job = pushes_done; job != NULL; job = job->next)
 		nmax++;
 	sent = palloc(sizeof(Datum) * Max(nmax, 1));
@@ -627,9 +692,7 @@ record_all_body(void *arg)
 	}
 	if (nsent > 0)
 	{
-		Datum		arg0 = PointerGetDatum(construct_array(sent, nsent, INT8OID, 8,
-														   FLOAT8PASSBYVAL,
-														   TYPALIGN_DOUBLE));
+		Datum		arg0 = mm_int8_array(sent, nsent);
 
 		execute(&push_sent_stmt, &arg0, SPI_OK_UPDATE);
 	}
@@ -1015,8 +1078,7 @@ int8_array_datum(int64 *values, int n)
 
 	for (int i = 0; i < n; i++)
 		elems[i] = Int64GetDatum(values[i]);
-	return PointerGetDatum(construct_array(elems, n, INT8OID, 8,
-										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	return mm_int8_array(elems, n);
 }
 
 static void
