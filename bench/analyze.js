@@ -7,6 +7,7 @@
 //
 //   node bench/analyze.js throughput --name NAME --out DIR --push-base URL
 //        --since-intent ID --since-match ID [--warmup S] [--shards N]
+//        [--from-ms T --seconds S]
 //   node bench/analyze.js latency --out DIR --push-base URL
 //        --since-intent ID --since-match ID [--shards N]
 //
@@ -16,10 +17,13 @@
 // with status 200 and a "match" payload counts as a push.
 //
 // throughput: the window runs from the first insert plus the warm-up to
-// the last insert. The rates are match pushes received and matches made
-// ready within the window, per second. NAME-per-second.dat lists, per
-// second of the load: seconds since the first insert, inserts, match
-// pushes received, matches made ready.
+// the last insert. With --from-ms (ms since the epoch), it starts at that
+// moment plus the warm-up and lasts --seconds. This mode is for a backlog
+// loaded before the worker started on it. The rates are match pushes received
+// and matches made ready within the window, per second.
+// NAME-per-second.dat lists, per second of the load (or from --from-ms to
+// the end of the window): seconds since its start, inserts, match pushes
+// received, matches made ready.
 //
 // latency: from each intent's created_at to the arrival of its match push
 // ("insert to push"), and from the created_at of the later intent of the
@@ -45,7 +49,7 @@ function parseArgs(argv) {
   if (mode !== 'throughput' && mode !== 'latency') {
     throw new Error('usage: analyze.js throughput|latency --out DIR --push-base URL --since-intent ID --since-match ID ...');
   }
-  const options = { mode, name: mode, warmup: 0, shards: 8 };
+  const options = { mode, name: mode, warmup: 0, shards: 8, fromMs: null, seconds: null };
   const names = {
     '--name': 'name',
     '--out': 'out',
@@ -55,8 +59,9 @@ function parseArgs(argv) {
     '--warmup': 'warmup',
     '--shards': 'shards',
   };
+  const optional = { '--from-ms': 'fromMs', '--seconds': 'seconds' };
   for (let i = 3; i < argv.length; i += 2) {
-    const key = names[argv[i]];
+    const key = names[argv[i]] ?? optional[argv[i]];
     if (key === undefined || argv[i + 1] === undefined) {
       throw new Error(`unknown option or missing value: "${argv[i]}"`);
     }
@@ -67,7 +72,14 @@ function parseArgs(argv) {
       throw new Error(`missing option ${flag}`);
     }
   }
-  for (const key of ['sinceIntent', 'sinceMatch', 'warmup', 'shards']) {
+  if ((options.fromMs === null) !== (options.seconds === null)) {
+    throw new Error('--from-ms and --seconds go together');
+  }
+  const numbers = ['sinceIntent', 'sinceMatch', 'warmup', 'shards'];
+  if (options.fromMs !== null) {
+    numbers.push('fromMs', 'seconds');
+  }
+  for (const key of numbers) {
     const value = Number(options[key]);
     if (!Number.isSafeInteger(value) || value < 0) {
       throw new Error(`invalid ${key} "${options[key]}": expected an integer >= 0`);
@@ -170,8 +182,10 @@ async function analyzeThroughput(options) {
   if (Number(span.inserts) < 2) {
     throw new Error(`the phase inserted ${span.inserts} intents; expected at least 2`);
   }
-  const windowStart = span.first_ms + options.warmup * 1000;
-  const windowEnd = span.last_ms;
+  const backlog = options.fromMs !== null;
+  const start = backlog ? options.fromMs : span.first_ms;
+  const windowStart = start + options.warmup * 1000;
+  const windowEnd = backlog ? windowStart + options.seconds * 1000 : span.last_ms;
   const windowSeconds = (windowEnd - windowStart) / 1000;
   if (windowSeconds <= 0) {
     throw new Error(`the load lasted ${((span.last_ms - span.first_ms) / 1000).toFixed(1)} s, no longer than the warm-up of ${options.warmup} s`);
@@ -196,9 +210,9 @@ async function analyzeThroughput(options) {
     const second = Math.floor(push.at / 1000);
     pushesPerSecond.set(second, (pushesPerSecond.get(second) ?? 0) + 1);
   }
-  const firstSecond = Math.floor(span.first_ms / 1000);
-  const lastSecond = Math.floor(span.last_ms / 1000);
-  const lines = ['# seconds_since_first_insert inserts match_pushes_received matches_ready'];
+  const firstSecond = Math.floor(start / 1000);
+  const lastSecond = Math.floor((backlog ? windowEnd : span.last_ms) / 1000);
+  const lines = ['# seconds_since_start inserts match_pushes_received matches_ready'];
   for (let second = firstSecond; second <= lastSecond; second++) {
     lines.push([
       second - firstSecond,
@@ -212,8 +226,8 @@ async function analyzeThroughput(options) {
   const loadSeconds = (span.last_ms - span.first_ms) / 1000;
   return {
     inserts: Number(span.inserts),
-    loadSeconds: round(loadSeconds, 3),
-    insertRate: round((Number(span.inserts) - 1) / loadSeconds, 1),
+    loadSeconds: backlog ? null : round(loadSeconds, 3),
+    insertRate: backlog ? null : round((Number(span.inserts) - 1) / loadSeconds, 1),
     warmupSeconds: options.warmup,
     windowSeconds: round(windowSeconds, 3),
     matchPushesInWindow: pushesInWindow,

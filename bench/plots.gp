@@ -41,21 +41,29 @@ plot dir.'/latency-pair.dat' using 1:2 with lines lw 2 title 'pair to push', \
 	dir.'/latency-insert.dat' using 1:2 with lines lw 2 title 'insert to push'
 unset logscale x
 
+# R2: the worker's output per second while it works through the backlog.
+set key below
+set xlabel 'seconds since the worker turned to the backlog'
+set ylabel 'per second'
+set yrange [0:*]
+set output dir.'/throughput-r2.png'
+set title 'R2: a backlog of waiting intents, fast providers'
+plot dir.'/r2-per-second.dat' using 1:3 with lines lw 2 title 'match pushes received/s', \
+	'' using 1:4 with lines lw 1 title 'matches ready/s'
+
 # Throughput per second under unthrottled inserts. The worker's output has
 # its own axis on the right, so that it stays readable when it is far below
 # the insert rate.
-set key below
 set xlabel 'seconds since the first insert'
 set ylabel 'inserts per second'
 set y2label "worker's output per second"
-set yrange [0:*]
 set y2range [0:*]
 set ytics nomirror
 set y2tics
 
-set output dir.'/throughput-r2.png'
-set title 'R2: unthrottled inserts, fast providers'
-plot dir.'/r2-per-second.dat' using 1:2 with lines lw 2 title 'inserts/s (left)', \
+set output dir.'/throughput-r2-inserts.png'
+set title 'R2 with concurrent inserts: unthrottled inserts, fast providers'
+plot dir.'/r2-inserts-per-second.dat' using 1:2 with lines lw 2 title 'inserts/s (left)', \
 	'' using 1:3 axes x1y2 with lines lw 2 title 'match pushes received/s (right)', \
 	'' using 1:4 axes x1y2 with lines lw 1 title 'matches ready/s (right)'
 

@@ -44,10 +44,11 @@ function insertRatio(intentRate, bareRate) {
 
 // Compute every figure, its goal and whether the run met it.
 function computeFigures(phases) {
-  const { r1, r2, latency, slow, memory } = phases;
+  const { r1, r2, r2Backlog, r2Inserts, latency, slow, memory } = phases;
   const pair = latency.pairToPushMs;
   const insert = latency.insertToPushMs;
   const anonGrowthMb = megabytes(memory.rssAnonAfterKb - memory.rssAnonBeforeKb);
+  const senderAnonGrowthMb = megabytes(memory.senderRssAnonAfterKb - memory.senderRssAnonBeforeKb);
   const rssGrowthMb = megabytes(memory.rssAfterKb - memory.rssBeforeKb);
   const shmemGrowthMb = megabytes(memory.rssShmemAfterKb - memory.rssShmemBeforeKb);
   return {
@@ -57,9 +58,20 @@ function computeFigures(phases) {
     throughput: {
       value: r2.matchPushRate / r1.bareRate,
       goal: '>= 0.5',
-      met: r2.matchPushRate / r1.bareRate >= 0.5,
+      // A backlog that ran out before the window closed did not keep the
+      // worker busy for all of it.
+      met: r2.matchPushRate / r1.bareRate >= 0.5 && r2Backlog.waitingAfterWindow > 0,
       matchPushRate: r2.matchPushRate,
-      insertRate: r2.insertRate,
+      bareRate: r1.bareRate,
+      backlog: r2Backlog.intents,
+      waitingAfterWindow: r2Backlog.waitingAfterWindow,
+    },
+    throughputWithInserts: {
+      value: r2Inserts.matchPushRate / r1.bareRate,
+      goal: null,
+      met: null,
+      matchPushRate: r2Inserts.matchPushRate,
+      insertRate: r2Inserts.insertRate,
       bareRate: r1.bareRate,
     },
     latencyPairToPush: {
@@ -78,7 +90,8 @@ function computeFigures(phases) {
     workerMemory: {
       value: anonGrowthMb,
       goal: 'RssAnon growth <= 10 MB',
-      met: anonGrowthMb <= 10,
+      met: anonGrowthMb <= 10 && senderAnonGrowthMb <= 10,
+      senderRssAnonGrowthMb: senderAnonGrowthMb,
       rssGrowthMb,
       rssShmemGrowthMb: shmemGrowthMb,
       intents: memory.intents,
@@ -91,6 +104,7 @@ const FIGURE_PHASES = {
   insertCost: ['r1'],
   insertPathCost: ['r1'],
   throughput: ['r1', 'r2'],
+  throughputWithInserts: ['r1', 'r2-inserts'],
   latencyPairToPush: ['latency'],
   latencyInsertToPush: ['latency'],
   slowProviders: ['slow'],
@@ -113,6 +127,9 @@ function verdict(figure) {
   if (figure.workerRestartedIn.length > 0) {
     return 'INVALID: worker restarted';
   }
+  if (figure.waitingAfterWindow === 0) {
+    return 'INVALID: backlog ran out';
+  }
   if (figure.met === null) {
     return '';
   }
@@ -129,6 +146,9 @@ function tableRows(figures, run) {
       ` vs ${integer.format(f.insertPathCost.bareRate)} bare inserts/s)`, '-', verdict(f.insertPathCost)],
     ['R2 throughput', `${fixed(f.throughput.value, 2)}  (${integer.format(f.throughput.matchPushRate)}` +
       ` intents matched and pushed/s)`, f.throughput.goal, verdict(f.throughput)],
+    ['R2 with concurrent inserts', `${fixed(f.throughputWithInserts.value, 2)}` +
+      `  (${integer.format(f.throughputWithInserts.matchPushRate)} matched and pushed/s,` +
+      ` ${integer.format(f.throughputWithInserts.insertRate)} inserts/s)`, '-', verdict(f.throughputWithInserts)],
     [`latency at ${run.latencyRate}/s, pair to push`,
       `p50 ${fixed(f.latencyPairToPush.p50, 1)}  p99 ${fixed(f.latencyPairToPush.p99, 1)}` +
       `  max ${fixed(f.latencyPairToPush.max, 1)} ms`, f.latencyPairToPush.goal, verdict(f.latencyPairToPush)],
@@ -138,7 +158,8 @@ function tableRows(figures, run) {
     ['slow providers', `${integer.format(f.slowProviders.value)} matches/s` +
       ` (max_inflight ${run.slowMaxInflight})`, f.slowProviders.goal, verdict(f.slowProviders)],
     ['worker memory growth', `RssAnon ${signed(f.workerMemory.value, 1)} MB, RSS` +
-      ` ${signed(f.workerMemory.rssGrowthMb, 1)} MB after ${integer.format(f.workerMemory.intents)} intents`,
+      ` ${signed(f.workerMemory.rssGrowthMb, 1)} MB after ${integer.format(f.workerMemory.intents)} intents;` +
+      ` sender RssAnon ${signed(f.workerMemory.senderRssAnonGrowthMb, 1)} MB`,
     f.workerMemory.goal, verdict(f.workerMemory)],
   ];
 }
@@ -166,7 +187,7 @@ function formatCounts(counts) {
 // Intents cancelled by bench/run were still waiting when the phase ended.
 function outcomeLines(outcomes) {
   return Object.entries(outcomes).map(([name, outcome]) =>
-    `  ${name.padEnd(8)} intents: ${formatCounts(outcome.intents)}; matches: ${formatCounts(outcome.matches)};` +
+    `  ${name.padEnd(10)} intents: ${formatCounts(outcome.intents)}; matches: ${formatCounts(outcome.matches)};` +
     ` pushes: ${formatCounts(outcome.pushes)}`);
 }
 
@@ -185,20 +206,23 @@ function stallLines(stalls) {
 
 // The conditions and side figures that the table leaves out.
 function contextLines(run, fakes, phases) {
-  const { r2, latency, latencyLoad, slow, memory } = phases;
+  const { r2, r2Backlog, r2Inserts, latency, latencyLoad, slow, memory } = phases;
   const lines = [
     `run      ${run.started}${run.quick === 'yes' ? ', QUICK (short phases, for a smoke check only)' : ''}`,
     `code     ${run.commit}${run.uncommittedChanges === 'yes' ? ' with uncommitted changes in src/ or sql/' : ''}`,
     `machine  ${run.cpu}, ${run.cores} cores, ${run.memoryGiB} GiB; PostgreSQL ${run.postgres}` +
       ` (fsync ${run.fsync}), Node ${run.node}`,
     `load     pgbench -M prepared, ${run.clients} clients, ${run.threads} threads, ${run.moods} moods;` +
-      ` worker max_inflight ${run.maxInflight}, batch_size ${run.batchSize}, poll_interval ${run.pollInterval}`,
+      ` worker max_inflight ${run.maxInflight}, senders ${run.senders}, batch_size ${run.batchSize}, poll_interval ${run.pollInterval}`,
     `fakes    alone, 64 connections: push receiver ${integer.format(fakes.push.requestsPerSecond)} requests/s,` +
       ` room service ${integer.format(fakes.rooms.requestsPerSecond)} requests/s`,
     `R1       ${run.r1Seconds} s per table, unthrottled`,
-    `R2       ${run.r2Seconds} s unthrottled, ${r2.insertRate} inserts/s; window ${r2.windowSeconds} s after` +
+    `R2       backlog of ${integer.format(r2Backlog.intents)} waiting intents; window ${r2.windowSeconds} s after` +
       ` ${r2.warmupSeconds} s warm-up: ${r2.matchPushesInWindow} match pushes received,` +
-      ` ${r2.matchReadyRate} matches ready/s`,
+      ` ${r2.matchReadyRate} matches ready/s; ${integer.format(r2Backlog.waitingAfterWindow)} still waiting after it`,
+    `         with inserts: ${run.r2Seconds} s unthrottled, ${r2Inserts.insertRate} inserts/s; window` +
+      ` ${r2Inserts.windowSeconds} s after ${r2Inserts.warmupSeconds} s warm-up:` +
+      ` ${r2Inserts.matchPushesInWindow} match pushes received, ${r2Inserts.matchReadyRate} matches ready/s`,
     `latency  ${run.latencySeconds} s at -R ${run.latencyRate}: ${latencyLoad.pgbenchRate} inserts/s,` +
       ` schedule lag avg ${latencyLoad.scheduleLagAvgMs} ms (max ${latencyLoad.scheduleLagMaxMs});` +
       ` ${latency.pairToPushMs.count} pushes, ${latency.matchedWithoutPush} matched intents without a push;` +
@@ -212,7 +236,7 @@ function contextLines(run, fakes, phases) {
       ` RssAnon ${fixed(megabytes(memory.rssAnonBeforeKb), 1)} -> ${fixed(megabytes(memory.rssAnonAfterKb), 1)} MB,` +
       ` RssShmem ${fixed(megabytes(memory.rssShmemBeforeKb), 1)} -> ${fixed(megabytes(memory.rssShmemAfterKb), 1)} MB`,
   ];
-  const receivers = [['R2', r2], ['latency', latency], ['slow', slow]]
+  const receivers = [['R2', r2], ['R2 with inserts', r2Inserts], ['latency', latency], ['slow', slow]]
     .filter(([, phase]) => phase.receiver.duplicates || phase.receiver.rejected)
     .map(([name, phase]) => `${name}: ${phase.receiver.duplicates} duplicate, ${phase.receiver.rejected} rejected`);
   if (receivers.length > 0) {
@@ -234,13 +258,15 @@ function main() {
   const phases = {
     r1: readJson(dir, 'r1.json'),
     r2: readJson(dir, 'r2.json'),
+    r2Backlog: readJson(dir, 'r2-backlog.json'),
+    r2Inserts: readJson(dir, 'r2-inserts.json'),
     latency: readJson(dir, 'latency.json'),
     latencyLoad: readJson(dir, 'latency-load.json'),
     slow: readJson(dir, 'slow.json'),
     memory: readJson(dir, 'memory.json'),
   };
   const outcomes = {};
-  for (const name of ['r1', 'r2', 'latency', 'slow', 'memory']) {
+  for (const name of ['r1', 'r2', 'r2-inserts', 'latency', 'slow', 'memory']) {
     outcomes[name] = readJson(dir, `${name}-outcome.json`);
   }
   const restartsFile = path.join(dir, 'restarts.txt');

@@ -65,7 +65,11 @@ startup_shmem(void)
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	mm_shared = ShmemInitStruct("matchmaker", sizeof(MMShared), &found);
 	if (!found)
+	{
 		pg_atomic_init_u32(&mm_shared->worker_procno, 0);
+		for (int i = 0; i < MM_MAX_SENDERS; i++)
+			pg_atomic_init_u32(&mm_shared->sender_procno[i], 0);
+	}
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -120,6 +124,7 @@ int			mm_retry_max = 60000;
 int			mm_connect_timeout = 2000;
 int			mm_request_timeout = 5000;
 int			mm_max_inflight = 128;
+int			mm_senders = 0;
 int			mm_poll_interval = 500;
 int			mm_batch_size = 1000;
 char	   *mm_webhook_secret = NULL;
@@ -349,6 +354,20 @@ define_settings(void)
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 
+	/*
+	 * A sender is one more process that claims due rooms and pushes and
+	 * sends their requests, as the worker does.  The worker alone matches,
+	 * expires and closes rooms, and wakes the senders when it has more due
+	 * requests than free slots.
+	 */
+	DefineCustomIntVariable("matchmaker.senders",
+							"Extra processes that send room and push requests beside the worker.",
+							NULL,
+							&mm_senders,
+							0, 0, MM_MAX_SENDERS,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+
 	DefineCustomIntVariable("matchmaker.poll_interval",
 							"How often the worker looks for work without being woken.",
 							NULL,
@@ -540,8 +559,15 @@ _PG_init(void)
 	snprintf(worker.bgw_function_name, BGW_MAXLEN, "matchmaker_worker_main");
 	snprintf(worker.bgw_name, BGW_MAXLEN, "matchmaker worker");
 	snprintf(worker.bgw_type, BGW_MAXLEN, "matchmaker worker");
-	worker.bgw_main_arg = (Datum) 0;
+	worker.bgw_main_arg = Int32GetDatum(0);
 	worker.bgw_notify_pid = 0;
-
 	RegisterBackgroundWorker(&worker);
+
+	for (int i = 1; i <= mm_senders; i++)
+	{
+		snprintf(worker.bgw_name, BGW_MAXLEN, "matchmaker sender %d", i);
+		snprintf(worker.bgw_type, BGW_MAXLEN, "matchmaker sender");
+		worker.bgw_main_arg = Int32GetDatum(i);
+		RegisterBackgroundWorker(&worker);
+	}
 }

@@ -55,6 +55,7 @@ extern int	mm_retry_max;
 extern int	mm_connect_timeout;
 extern int	mm_request_timeout;
 extern int	mm_max_inflight;
+extern int	mm_senders;
 extern int	mm_poll_interval;
 extern int	mm_batch_size;
 extern char *mm_webhook_secret;
@@ -268,10 +269,17 @@ mm_push_end(MMPushJob *job, MMResult result, const char *error)
 	mm_push_done(job);
 }
 
-/* shared memory (matchmaker.c): how inserting backends find the worker */
+/* most sender processes matchmaker.senders allows */
+#define MM_MAX_SENDERS			8
+
+/*
+ * Shared memory (matchmaker.c): how inserting backends find the worker,
+ * and how the worker finds the senders.
+ */
 typedef struct MMShared
 {
 	pg_atomic_uint32 worker_procno; /* worker's pgprocno + 1, or 0 */
+	pg_atomic_uint32 sender_procno[MM_MAX_SENDERS]; /* the same per sender */
 } MMShared;
 
 extern MMShared *mm_shared;

@@ -82,6 +82,13 @@ static int	listener_marker;	/* address tags the socket's wait event */
 
 static bool extension_ready = false;
 
+/*
+ * 0 in the worker, and 1 up to matchmaker.senders in a sender.  A sender
+ * only claims due rooms and pushes, sends their requests and records the
+ * outcomes.  The worker also listens, matches, expires and closes rooms.
+ */
+static int	sender_number = 0;
+
 /* finished jobs waiting to be recorded */
 static MMRoomJob *rooms_done = NULL;
 static MMPushJob *pushes_done = NULL;
@@ -252,8 +259,8 @@ run_transaction(const char *activity, TxnBody body, void *arg)
 		last_txn_error = MemoryContextStrdup(TopMemoryContext, edata->message);
 		last_txn_errcode = edata->sqlerrcode;
 		ereport(WARNING,
-				(errmsg("matchmaker worker could not %s: %s",
-						activity, edata->message)));
+				(errmsg("%s could not %s: %s",
+						MyBgworkerEntry->bgw_name, activity, edata->message)));
 		FreeErrorData(edata);
 		ok = false;
 	}
@@ -998,22 +1005,18 @@ static void
 claim_and_start(void)
 {
 	int			free_slots = max_inflight() - jobs_inflight;
-	Claim		claim;
+	Claim		pushes;
+	Claim		rooms;
 
+	memset(&pushes, 0, sizeof(pushes));
+	memset(&rooms, 0, sizeof(rooms));
 	if (want_pushes && free_slots > 0)
 	{
-		memset(&claim, 0, sizeof(claim));
-		claim.limit = free_slots;
-		if (run_transaction("claim pushes", claim_pushes_body, &claim))
+		pushes.limit = free_slots;
+		if (run_transaction("claim pushes", claim_pushes_body, &pushes))
 		{
-			want_pushes = (claim.claimed == claim.limit);
-			free_slots -= claim.claimed;
-			for (MMPushJob *job = claim.pushes, *next; job; job = next)
-			{
-				next = job->next;
-				job->next = NULL;
-				start_push(job);
-			}
+			want_pushes = (pushes.claimed == pushes.limit);
+			free_slots -= pushes.claimed;
 		}
 		else
 			want_pushes = false;	/* the poll timer tries again */
@@ -1023,24 +1026,32 @@ claim_and_start(void)
 		rooms_backlog = true;
 	else if (want_rooms)
 	{
-		memset(&claim, 0, sizeof(claim));
-		claim.limit = free_slots;
-		if (run_transaction("claim matches", claim_rooms_body, &claim))
-		{
-			want_rooms = (claim.claimed == claim.limit);
-			for (MMRoomJob *job = claim.rooms, *next; job; job = next)
-			{
-				next = job->next;
-				job->next = NULL;
-				start_room(job);
-			}
-		}
+		rooms.limit = free_slots;
+		if (run_transaction("claim matches", claim_rooms_body, &rooms))
+			want_rooms = (rooms.claimed == rooms.limit);
 		else
 			want_rooms = false;
 		rooms_backlog = want_rooms;
 	}
 	else
 		rooms_backlog = false;
+
+	/*
+	 * Both claims first, then the requests: start_job() waits for the WAL
+	 * to reach disk once for both.
+	 */
+	for (MMPushJob *job = pushes.pushes, *next; job; job = next)
+	{
+		next = job->next;
+		job->next = NULL;
+		start_push(job);
+	}
+	for (MMRoomJob *job = rooms.rooms, *next; job; job = next)
+	{
+		next = job->next;
+		job->next = NULL;
+		start_room(job);
+	}
 }
 
 /* ---------------------------------------------------------------------
@@ -1462,12 +1473,40 @@ listener_close(int code, Datum arg)
 	listener = NULL;
 }
 
-/* Stop inserting backends from setting this process's latch. */
+/*
+ * Return the shared slot that tells other processes this one's pgprocno:
+ * inserting backends wake the worker, and the worker wakes the senders.
+ */
+static pg_atomic_uint32 *
+procno_slot(void)
+{
+	if (sender_number == 0)
+		return &mm_shared->worker_procno;
+	return &mm_shared->sender_procno[sender_number - 1];
+}
+
+/* Stop other processes from setting this process's latch. */
 static void
 unregister_worker(int code, Datum arg)
 {
 	if (mm_shared)
-		pg_atomic_write_u32(&mm_shared->worker_procno, 0);
+		pg_atomic_write_u32(procno_slot(), 0);
+}
+
+/*
+ * Wake every sender, when the worker has more due requests than it has
+ * free slots.  A sender that is already busy ignores it.
+ */
+static void
+wake_senders(void)
+{
+	for (int i = 0; mm_shared && i < mm_senders; i++)
+	{
+		uint32		procno = pg_atomic_read_u32(&mm_shared->sender_procno[i]);
+
+		if (procno != 0)
+			SetLatch(&ProcGlobal->allProcs[procno - 1].procLatch);
+	}
 }
 
 /* ---------------------------------------------------------------------
@@ -1492,8 +1531,8 @@ reload_settings(void)
 	if (strcmp(mm_database, served_database) != 0)
 	{
 		ereport(LOG,
-				(errmsg("matchmaker worker restarting to serve database \"%s\"",
-						mm_database)));
+				(errmsg("%s restarting to serve database \"%s\"",
+						MyBgworkerEntry->bgw_name, mm_database)));
 		proc_exit(1);
 	}
 	if (served_room_provider != mm_room_provider ||
@@ -1592,6 +1631,13 @@ matchmaker_worker_main(Datum main_arg)
 {
 	TimestampTz next_poll = 0;
 
+	sender_number = DatumGetInt32(main_arg);
+	if (sender_number > 0)
+	{
+		/* a sender waits to be woken, or for its poll */
+		want_match = want_rooms = want_pushes = want_closes = false;
+	}
+
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
@@ -1636,7 +1682,7 @@ matchmaker_worker_main(Datum main_arg)
 	on_proc_exit(listener_close, (Datum) 0);
 	if (mm_shared)
 	{
-		pg_atomic_write_u32(&mm_shared->worker_procno, MyProc->pgprocno + 1);
+		pg_atomic_write_u32(procno_slot(), MyProc->pgprocno + 1);
 		on_shmem_exit(unregister_worker, (Datum) 0);
 	}
 
@@ -1644,8 +1690,8 @@ matchmaker_worker_main(Datum main_arg)
 		proc_exit(1);
 
 	ereport(LOG,
-			(errmsg("matchmaker worker started for database \"%s\"",
-					served_database),
+			(errmsg("%s started for database \"%s\"",
+					MyBgworkerEntry->bgw_name, served_database),
 			 extension_ready ? 0 :
 			 errhint("Run CREATE EXTENSION matchmaker in that database.")));
 
@@ -1664,7 +1710,8 @@ matchmaker_worker_main(Datum main_arg)
 		if (ConfigReloadPending)
 			reload_settings();
 
-		listener_connect();
+		if (sender_number == 0)
+			listener_connect();
 
 		set = CreateWaitEventSet(loop_context, 3 + mm_http_socket_count());
 		AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
@@ -1680,9 +1727,15 @@ matchmaker_worker_main(Datum main_arg)
 		{
 			if (events[i].events & WL_LATCH_SET)
 			{
-				/* inserting transactions set the latch when they commit */
+				/*
+				 * Inserting transactions set the worker's latch when they
+				 * commit, and the worker sets the senders' latches.
+				 */
 				ResetLatch(MyLatch);
-				want_match = true;
+				if (sender_number == 0)
+					want_match = true;
+				else
+					want_rooms = want_pushes = true;
 			}
 			else if (events[i].user_data == &listener_marker)
 			{
@@ -1724,15 +1777,20 @@ matchmaker_worker_main(Datum main_arg)
 
 		if (poll_due)
 		{
-			want_match = want_rooms = want_pushes = true;
-			run_expiry();
-			want_closes = true;
+			want_rooms = want_pushes = true;
+			if (sender_number == 0)
+			{
+				want_match = want_closes = true;
+				run_expiry();
+			}
 			if (room_provider()->tick)
 				room_provider()->tick();
 		}
 		if (want_match && !rooms_backlog)
 			run_matching();
 		claim_and_start();
+		if (sender_number == 0 && mm_senders > 0 && (want_rooms || want_pushes))
+			wake_senders();
 		if (want_closes)
 			run_closing();
 

@@ -233,11 +233,11 @@ async function resetAllSettings() {
 }
 
 // Return the matchmaker background workers in pg_stat_activity.
-async function workers() {
+async function workers(backendType = 'matchmaker worker') {
   return rows(`
     SELECT pid, backend_type, backend_start
     FROM pg_stat_activity
-    WHERE backend_type LIKE '%matchmaker%'
+    WHERE backend_type = ${literal(backendType)}
     ORDER BY pid`);
 }
 
