@@ -200,9 +200,11 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	IF OLD.status = 'matched' AND EXISTS
-		(SELECT 1 FROM matchmaker.matches m
-		 WHERE m.id = OLD.match_id AND m.status = 'pending') THEN
+	-- the status is tested outside the subquery, so that the planner
+	-- reads the primary key and not the partial index of pending matches
+	IF OLD.status = 'matched' AND
+		(SELECT m.status FROM matchmaker.matches m
+		 WHERE m.id = OLD.match_id) = 'pending' THEN
 		RAISE EXCEPTION 'intent % is matched and its room is being made', OLD.id
 			USING ERRCODE = 'object_in_use',
 				  HINT = 'Only a waiting intent can be cancelled.';

@@ -21,6 +21,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "utils/array.h"
+#include "utils/guc.h"
 /* PostgreSQL's SQL function json_object clashes with jansson's */
 #define json_object pg_sql_json_object
 #include "utils/builtins.h"
@@ -39,13 +40,23 @@ static SPIPlanPtr pair_plan = NULL;
  * A mood with a single waiter returns one row, which the loop below
  * leaves waiting, so lone waiters never crowd pairs out of a batch.  The
  * outer ORDER BY only makes the grouping by mood explicit.
+ *
+ * Statistics taken while nothing waited make every partial index on
+ * waiting intents look empty.  The planner may then read another of them
+ * whole and sort it, which costs a scan of every waiting intent of the
+ * mood at each pass.  So the query runs with sorts disabled, which leaves
+ * the (mood, id) index as the only cheap plan.  For the same reason,
+ * whether an intent has expired is a column and not a condition, which
+ * would make the expiry index a candidate.  The loop skips expired rows,
+ * and the expiry pass marks them.
  */
 static const char *select_sql =
-"SELECT w.id, w.user_id, w.mood "
+"SELECT w.id, w.user_id, w.mood, w.live "
 "FROM matchmaker.moods m "
 "CROSS JOIN LATERAL ("
-"  SELECT i.id, i.user_id, i.mood FROM matchmaker.intents i "
-"  WHERE i.mood = m.mood AND i.status = 'waiting' AND i.expires_at > now() "
+"  SELECT i.id, i.user_id, i.mood, i.expires_at > now() AS live "
+"  FROM matchmaker.intents i "
+"  WHERE i.mood = m.mood AND i.status = 'waiting' "
 "  ORDER BY i.id "
 "  LIMIT $1 "
 "  FOR UPDATE OF i SKIP LOCKED) w "
@@ -136,13 +147,18 @@ mm_match_pass(int max_per_mood, bool *more)
 	int			npairs = 0;
 	int			prev = -1;
 	int			run = 0;
+	int			nestlevel;
 	SPITupleTable *tuptable;
 
 	mm_prepare(&select_plan, select_sql, 1, select_types, true);
 	mm_prepare(&pair_plan, pair_sql, 5, pair_types, true);
 
 	arg = Int32GetDatum(max_per_mood);
+	nestlevel = NewGUCNestLevel();
+	(void) set_config_option("enable_sort", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	ret = SPI_execute_plan(select_plan, &arg, NULL, false, 0);
+	AtEOXact_GUC(true, nestlevel);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "selecting waiting intents failed: %s",
 			 SPI_result_code_string(ret));
@@ -179,6 +195,8 @@ mm_match_pass(int max_per_mood, bool *more)
 		}
 		if (++run >= max_per_mood && more)
 			*more = true;
+		if (!DatumGetBool(SPI_getbinval(cur, desc, 4, &isnull)))
+			continue;			/* expired */
 		if (prev < 0)
 		{
 			prev = (int) i;

@@ -1474,8 +1474,8 @@ listener_close(int code, Datum arg)
 }
 
 /*
- * Return the shared slot that tells other processes this one's pgprocno:
- * inserting backends wake the worker, and the worker wakes the senders.
+ * Return the shared slot that contains this process's pgprocno.  Inserting
+ * backends read it to wake the worker, and the worker to wake a sender.
  */
 static pg_atomic_uint32 *
 procno_slot(void)
@@ -1494,8 +1494,8 @@ unregister_worker(int code, Datum arg)
 }
 
 /*
- * Wake every sender, when the worker has more due requests than it has
- * free slots.  A sender that is already busy ignores it.
+ * Wake every sender.  The worker calls this when more requests are due
+ * than its own free slots take.
  */
 static void
 wake_senders(void)
@@ -1666,6 +1666,13 @@ matchmaker_worker_main(Datum main_arg)
 	 * sorts the whole backlog on every claim.
 	 */
 	SetConfigOption("enable_bitmapscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * The worker's statements are short, and the matching query's disabled
+	 * sort puts its cost past JIT's thresholds: compiling it took longer
+	 * than running it.
+	 */
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
 	served_database = MemoryContextStrdup(TopMemoryContext, mm_database);
 	served_room_url = MemoryContextStrdup(TopMemoryContext, mm_room_url);
