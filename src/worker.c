@@ -1663,9 +1663,14 @@ matchmaker_worker_main(Datum main_arg)
 	 * Every claim reads the head of a queue in index order with a LIMIT.
 	 * With the queue growing faster than its statistics, the planner
 	 * takes it for a few rows and prefers a bitmap scan that reads and
-	 * sorts the whole backlog on every claim.
+	 * sorts the whole backlog on every claim.  Likewise, a statement that
+	 * finds rows by primary key keeps the plan made on its first run,
+	 * when the tables may have been new and small enough for a sequential
+	 * scan, and would then read a whole table at every call.  Every
+	 * statement of the worker has an index to use.
 	 */
 	SetConfigOption("enable_bitmapscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
 	/*
 	 * The worker's statements are short, and the matching query's disabled
