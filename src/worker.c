@@ -309,7 +309,9 @@ static Statement claim_rooms_stmt = {
  * and test the status of each locked row, because "status = 'pending'" in
  * their own WHERE clause lets the planner pick the partial index on
  * pending rows.  After statistics taken while nothing was pending, it
- * does, and then reads every pending row to record each outcome.
+ * does, and then reads every pending row to record each outcome.  The
+ * updated table also gets the ids as a condition of its own, so that a
+ * plan made while it was small cannot join it whole to the locked rows.
  */
 #define LOCK_ROWS(table, ids) \
 	"WITH cur AS MATERIALIZED (" \
@@ -319,7 +321,7 @@ static Statement claim_rooms_stmt = {
 static Statement save_plan_stmt = {
 	LOCK_ROWS("matches", "$1")
 	"UPDATE matchmaker.matches t SET plan = $2::jsonb "
-	"FROM cur WHERE t.id = cur.id AND cur.status = 'pending'",
+	"FROM cur WHERE t.id = $1 AND t.id = cur.id AND cur.status = 'pending'",
 	2, {INT8OID, TEXTOID}
 };
 
@@ -339,7 +341,7 @@ static Statement rooms_ready_stmt = {
 	"  SET status = 'ready', room = r.room, ready_at = now(), "
 	"      last_error = NULL, claimed_by = NULL "
 	"  FROM cur JOIN r ON r.id = cur.id "
-	"  WHERE t.id = cur.id AND cur.status = 'pending' "
+	"  WHERE t.id = ANY ($1) AND t.id = cur.id AND cur.status = 'pending' "
 	"  RETURNING t.id, t.mood, t.intent_ids, r.room, r.tokens, r.extras"
 	") "
 	"INSERT INTO matchmaker.outbox (intent_id, match_id, push_token, payload) "
@@ -359,7 +361,7 @@ static Statement room_retry_stmt = {
 	"UPDATE matchmaker.matches t "
 	"SET next_attempt_at = now() + $2 * interval '1 millisecond', "
 	"    last_error = $3, claimed_by = NULL "
-	"FROM cur WHERE t.id = cur.id AND cur.status = 'pending'",
+	"FROM cur WHERE t.id = $1 AND t.id = cur.id AND cur.status = 'pending'",
 	3, {INT8OID, INT4OID, TEXTOID}
 };
 
@@ -368,7 +370,7 @@ static Statement room_fail_stmt = {
 	", m AS ("
 	"  UPDATE matchmaker.matches t "
 	"  SET status = 'failed', last_error = $2, claimed_by = NULL "
-	"  FROM cur WHERE t.id = cur.id AND cur.status = 'pending' "
+	"  FROM cur WHERE t.id = $1 AND t.id = cur.id AND cur.status = 'pending' "
 	"  RETURNING t.id"
 	"), i AS ("
 	"  UPDATE matchmaker.intents i SET status = 'failed' "
@@ -400,7 +402,7 @@ static Statement push_sent_stmt = {
 	LOCK_ROWS("outbox", "ANY ($1)")
 	"UPDATE matchmaker.outbox t "
 	"SET status = 'sent', sent_at = now(), last_error = NULL, claimed_by = NULL "
-	"FROM cur WHERE t.id = cur.id AND cur.status = 'pending'",
+	"FROM cur WHERE t.id = ANY ($1) AND t.id = cur.id AND cur.status = 'pending'",
 	1, {INT8ARRAYOID}
 };
 
@@ -409,7 +411,7 @@ static Statement push_retry_stmt = {
 	"UPDATE matchmaker.outbox t "
 	"SET next_attempt_at = now() + $2 * interval '1 millisecond', "
 	"    last_error = $3, claimed_by = NULL "
-	"FROM cur WHERE t.id = cur.id AND cur.status = 'pending'",
+	"FROM cur WHERE t.id = $1 AND t.id = cur.id AND cur.status = 'pending'",
 	3, {INT8OID, INT4OID, TEXTOID}
 };
 
@@ -426,7 +428,7 @@ static Statement push_fail_stmt = {
 	LOCK_ROWS("outbox", "$1")
 	"UPDATE matchmaker.outbox t "
 	"SET status = 'failed', last_error = $2, claimed_by = NULL "
-	"FROM cur WHERE t.id = cur.id AND cur.status = 'pending'",
+	"FROM cur WHERE t.id = $1 AND t.id = cur.id AND cur.status = 'pending'",
 	2, {INT8OID, TEXTOID}
 };
 
