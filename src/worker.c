@@ -312,11 +312,13 @@ static Statement claim_rooms_stmt = {
  * does, and then reads every pending row to record each outcome.  The
  * updated table also gets the ids as a condition of its own, so that a
  * plan made while it was small cannot join it whole to the locked rows.
+ * The lock is the one the UPDATE itself takes, which leaves foreign key
+ * checks on the rows free to run.
  */
 #define LOCK_ROWS(table, ids) \
 	"WITH cur AS MATERIALIZED (" \
 	"  SELECT id, status FROM matchmaker." table " WHERE id = " ids \
-	"  FOR UPDATE) "
+	"  FOR NO KEY UPDATE) "
 
 static Statement save_plan_stmt = {
 	LOCK_ROWS("matches", "$1")
@@ -1666,10 +1668,10 @@ matchmaker_worker_main(Datum main_arg)
 	 * With the queue growing faster than its statistics, the planner
 	 * takes it for a few rows and prefers a bitmap scan that reads and
 	 * sorts the whole backlog on every claim.  Likewise, a statement that
-	 * finds rows by primary key keeps the plan made on its first run,
-	 * when the tables may have been new and small enough for a sequential
-	 * scan, and would then read a whole table at every call.  Every
-	 * statement of the worker has an index to use.
+	 * finds rows by primary key keeps the plan made on its first run.  On
+	 * new, small tables that plan is a sequential scan, which later reads
+	 * a whole table at every call.  Every statement of the worker has an
+	 * index to use.
 	 */
 	SetConfigOption("enable_bitmapscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
