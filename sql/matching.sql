@@ -81,3 +81,17 @@ SELECT mood, count(*) AS still_waiting FROM matchmaker.intents
 WHERE user_id LIKE 'pm%' AND status = 'waiting' GROUP BY mood ORDER BY mood;
 
 SELECT matchmaker.match_pass(1);
+
+-- an intent past its expiry time is never paired, even before the expiry
+-- pass marks it, and the intents around it pair as if it were not there
+UPDATE matchmaker.intents SET status = 'cancelled' WHERE status = 'waiting';
+INSERT INTO matchmaker.intents (user_id, mood, push_token, expires_at)
+VALUES ('old-1', 'bored', 'tok-old-1', now() - interval '1 second'),
+	   ('new-1', 'bored', 'tok-new-1', now() + interval '1 hour'),
+	   ('old-2', 'chill', 'tok-old-2', now() - interval '1 second'),
+	   ('new-2', 'chill', 'tok-new-2', now() + interval '1 hour'),
+	   ('new-3', 'chill', 'tok-new-3', now() + interval '1 hour');
+SELECT matchmaker.match_pass();
+SELECT user_id, status FROM matchmaker.intents
+WHERE user_id IN ('old-1', 'new-1', 'old-2', 'new-2', 'new-3') ORDER BY id;
+UPDATE matchmaker.intents SET status = 'cancelled' WHERE status = 'waiting';
