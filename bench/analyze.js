@@ -73,7 +73,7 @@ function parseArgs(argv) {
     }
   }
   if ((options.fromMs === null) !== (options.seconds === null)) {
-    throw new Error('--from-ms and --seconds go together');
+    throw new Error('--from-ms and --seconds must be given together');
   }
   const numbers = ['sinceIntent', 'sinceMatch', 'warmup', 'shards'];
   if (options.fromMs !== null) {

@@ -269,7 +269,7 @@ mm_push_end(MMPushJob *job, MMResult result, const char *error)
 	mm_push_done(job);
 }
 
-/* most sender processes matchmaker.senders allows */
+/* the maximum of matchmaker.senders */
 #define MM_MAX_SENDERS			8
 
 /*
@@ -279,7 +279,7 @@ mm_push_end(MMPushJob *job, MMResult result, const char *error)
 typedef struct MMShared
 {
 	pg_atomic_uint32 worker_procno; /* worker's pgprocno + 1, or 0 */
-	pg_atomic_uint32 sender_procno[MM_MAX_SENDERS]; /* the same per sender */
+	pg_atomic_uint32 sender_procno[MM_MAX_SENDERS]; /* each sender's pgprocno + 1, or 0 */
 } MMShared;
 
 extern MMShared *mm_shared;

@@ -1,9 +1,9 @@
 'use strict';
 
 // Sender processes (matchmaker.senders = 1). Under a load that fills the
-// worker's request slots, the worker wakes the sender and both claim
-// matches. A sender ended under load comes back and takes back its
-// leases. After each, every invariant of faults.js must hold.
+// worker's request slots, the worker and the sender both claim matches.
+// A sender ended under load is started again and nothing is lost. After
+// each, every invariant of faults.js must hold.
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
