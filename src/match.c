@@ -67,37 +67,51 @@ static const char *select_sql =
  * planner can only serve with an index scan of the primary key.  A join
  * on unnested ids let it hash the whole intents table for a few dozen
  * rows.
+ *
+ * The first $6 matches are leased to the calling process for $7 ms, as a
+ * claim would lease them, so that the worker can ask for their rooms as
+ * soon as this commits.  The others are due at once.  The statement
+ * returns the matches, whether each is leased, and on every row the
+ * number of intents it marked matched.
  */
 static const char *pair_sql =
 "WITH pairs AS ("
 "  SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[],"
-"                       $4::text[], $5::text[]) AS p(mood, a, b, ua, ub)"
+"                       $4::text[], $5::text[])"
+"    WITH ORDINALITY AS p(mood, a, b, ua, ub, n)"
 "), made AS ("
-"  INSERT INTO matchmaker.matches (mood, intent_ids, user_ids)"
-"  SELECT mood, ARRAY[a, b], ARRAY[ua, ub] FROM pairs"
-"  RETURNING id, intent_ids"
+"  INSERT INTO matchmaker.matches"
+"    (mood, intent_ids, user_ids, attempts, claimed_by, next_attempt_at)"
+"  SELECT mood, ARRAY[a, b], ARRAY[ua, ub],"
+"         CASE WHEN n <= $6 THEN 1 ELSE 0 END,"
+"         CASE WHEN n <= $6 THEN pg_backend_pid() END,"
+"         CASE WHEN n <= $6 THEN now() + $7 * interval '1 millisecond'"
+"              ELSE now() END"
+"  FROM pairs ORDER BY n"
+"  RETURNING id, mood, intent_ids, user_ids, attempts,"
+"            claimed_by IS NOT NULL AS leased"
+"), paired AS ("
+"  UPDATE matchmaker.intents i"
+"  SET status = 'matched', match_id = made.id, matched_at = now()"
+"  FROM made WHERE i.id = ANY (made.intent_ids)"
+"  RETURNING i.id"
 ") "
-"UPDATE matchmaker.intents i "
-"SET status = 'matched', match_id = made.id, matched_at = now() "
-"FROM made WHERE i.id = ANY (made.intent_ids)";
+"SELECT id, mood, user_ids[1], user_ids[2], attempts, leased,"
+"       (SELECT count(*) FROM paired) "
+"FROM made ORDER BY id";
 
 /*
- * Prepare a statement once per process and keep it.  With replan, its
- * plan is made again at every execution with the tables' current sizes
- * (a custom plan).  The queues start empty and grow fast, so a plan made
- * while they were small, such as a sequential scan and sort of the whole
- * queue, would be kept long after it stopped fitting.  Planning costs far
- * less than such a scan, but is wasted on statements that look rows up by
- * key, which keep one plan.
+ * Prepare a statement once per process and keep it.  The worker runs every
+ * statement with a generic plan, made at its first execution and again
+ * only when a table's definition or statistics change (see the settings
+ * in matchmaker_worker_main()).
  */
 SPIPlanPtr
-mm_prepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes,
-		   bool replan)
+mm_prepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
 {
 	if (*plan == NULL)
 	{
-		SPIPlanPtr	p = SPI_prepare_cursor(sql, nargs, argtypes,
-										   replan ? CURSOR_OPT_CUSTOM_PLAN : 0);
+		SPIPlanPtr	p = SPI_prepare(sql, nargs, argtypes);
 
 		if (p == NULL)
 			elog(ERROR, "SPI_prepare failed for \"%s\": %s",
@@ -128,14 +142,16 @@ mm_int8_array(Datum *elems, int n)
  * Run one pass inside the current transaction, with SPI connected, taking
  * at most max_per_mood waiting intents of each mood.  Returns the number
  * of matches made; *more is set when some mood filled its share, so more
- * of its intents may be waiting.
+ * of its intents may be waiting.  The first lease_count matches are leased
+ * to this process for lease_ms.  When matches were made, SPI_tuptable
+ * holds them: id, mood, the two user ids, attempts, and whether leased.
  */
 int
-mm_match_pass(int max_per_mood, bool *more)
+mm_match_pass(int max_per_mood, bool *more, int lease_count, int lease_ms)
 {
 	Oid			select_types[1] = {INT4OID};
-	Oid			pair_types[5] = {TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID,
-	TEXTARRAYOID, TEXTARRAYOID};
+	Oid			pair_types[7] = {TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID,
+	TEXTARRAYOID, TEXTARRAYOID, INT4OID, INT4OID};
 	Datum		arg;
 	int			ret;
 	uint64		nrows;
@@ -150,8 +166,8 @@ mm_match_pass(int max_per_mood, bool *more)
 	int			nestlevel;
 	SPITupleTable *tuptable;
 
-	mm_prepare(&select_plan, select_sql, 1, select_types, true);
-	mm_prepare(&pair_plan, pair_sql, 5, pair_types, true);
+	mm_prepare(&select_plan, select_sql, 1, select_types);
+	mm_prepare(&pair_plan, pair_sql, 7, pair_types);
 
 	arg = Int32GetDatum(max_per_mood);
 	nestlevel = NewGUCNestLevel();
@@ -226,20 +242,30 @@ mm_match_pass(int max_per_mood, bool *more)
 
 	if (npairs > 0)
 	{
-		Datum		args[5];
+		Datum		args[7];
+		bool		isnull;
+		int64		paired;
 
 		args[0] = mm_text_array(moods, npairs);
 		args[1] = mm_int8_array(as, npairs);
 		args[2] = mm_int8_array(bs, npairs);
 		args[3] = mm_text_array(uas, npairs);
 		args[4] = mm_text_array(ubs, npairs);
+		args[5] = Int32GetDatum(lease_count);
+		args[6] = Int32GetDatum(lease_ms);
 		ret = SPI_execute_plan(pair_plan, args, NULL, false, 0);
-		if (ret != SPI_OK_UPDATE)
+		if (ret != SPI_OK_SELECT)
 			elog(ERROR, "recording matches failed: %s",
 				 SPI_result_code_string(ret));
-		if (SPI_processed != (uint64) npairs * 2)
-			elog(ERROR, "recorded " UINT64_FORMAT " matched intents, expected %d",
-				 SPI_processed, npairs * 2);
+		if (SPI_processed != (uint64) npairs)
+			elog(ERROR, "recorded " UINT64_FORMAT " matches, expected %d",
+				 SPI_processed, npairs);
+		paired = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 7,
+											 &isnull));
+		if (paired != (int64) npairs * 2)
+			elog(ERROR, "recorded " INT64_FORMAT " matched intents, expected %d",
+				 paired, npairs * 2);
 	}
 
 	return npairs;
@@ -262,7 +288,7 @@ matchmaker_match_pass(PG_FUNCTION_ARGS)
 				 errmsg("max_intents must be at least 2")));
 
 	SPI_connect();
-	made = mm_match_pass(max_per_mood, NULL);
+	made = mm_match_pass(max_per_mood, NULL, 0, 0);
 	SPI_finish();
 
 	PG_RETURN_INT32(made);

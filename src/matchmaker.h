@@ -288,8 +288,9 @@ extern MMShared *mm_shared;
 extern Datum mm_text_array(Datum *elems, int n);
 extern Datum mm_int8_array(Datum *elems, int n);
 extern SPIPlanPtr mm_prepare(SPIPlanPtr *plan, const char *sql, int nargs,
-							 Oid *argtypes, bool replan);
-extern int	mm_match_pass(int max_per_mood, bool *more);
+							 Oid *argtypes);
+extern int	mm_match_pass(int max_per_mood, bool *more, int lease_count,
+						  int lease_ms);
 
 /* worker.c */
 extern PGDLLEXPORT void matchmaker_worker_main(Datum main_arg);

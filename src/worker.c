@@ -137,6 +137,91 @@ static int	last_txn_errcode = 0;
 /* the extension the current claims belong to; see record_outcomes() */
 static Oid	claim_extension = InvalidOid;
 
+/*
+ * Jobs leased by the running transaction, and jobs whose leases have
+ * committed and that wait for start_jobs().  A transaction that fails
+ * drops its jobs: their rows are as they were before it.
+ */
+static MMRoomJob *txn_rooms = NULL;
+static MMPushJob *txn_pushes = NULL;
+static int	txn_jobs = 0;
+static MMRoomJob *ready_rooms = NULL;
+static MMPushJob *ready_pushes = NULL;
+static int	ready_jobs = 0;
+
+/* Return the request slots that no job in flight or about to start holds. */
+static int
+free_slots(void)
+{
+	return max_inflight() - jobs_inflight - ready_jobs - txn_jobs;
+}
+
+static void
+free_room_jobs(MMRoomJob *jobs)
+{
+	while (jobs)
+	{
+		MMRoomJob  *next = jobs->next;
+
+		if (jobs->plan)
+			json_decref(jobs->plan);
+		for (int i = 0; i < 2; i++)
+			if (jobs->extras[i])
+				json_decref(jobs->extras[i]);
+		MemoryContextDelete(jobs->cxt);
+		jobs = next;
+	}
+}
+
+static void
+free_push_jobs(MMPushJob *jobs)
+{
+	while (jobs)
+	{
+		MMPushJob  *next = jobs->next;
+
+		MemoryContextDelete(jobs->cxt);
+		jobs = next;
+	}
+}
+
+/*
+ * At the end of a transaction, move the jobs it leased to the jobs ready
+ * to start if it committed, or drop them.
+ */
+static void
+end_txn_jobs(bool committed)
+{
+	if (!committed)
+	{
+		free_room_jobs(txn_rooms);
+		free_push_jobs(txn_pushes);
+	}
+	else
+	{
+		while (txn_rooms)
+		{
+			MMRoomJob  *next = txn_rooms->next;
+
+			txn_rooms->next = ready_rooms;
+			ready_rooms = txn_rooms;
+			txn_rooms = next;
+		}
+		while (txn_pushes)
+		{
+			MMPushJob  *next = txn_pushes->next;
+
+			txn_pushes->next = ready_pushes;
+			ready_pushes = txn_pushes;
+			txn_pushes = next;
+		}
+		ready_jobs += txn_jobs;
+	}
+	txn_rooms = NULL;
+	txn_pushes = NULL;
+	txn_jobs = 0;
+}
+
 typedef void (*TxnBody) (void *arg);
 
 static const MMRoomProvider *
@@ -266,6 +351,7 @@ run_transaction(const char *activity, TxnBody body, void *arg)
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(oldcxt);
+	end_txn_jobs(ok);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	pgstat_report_stat(false);
 	return ok;
@@ -275,17 +361,12 @@ run_transaction(const char *activity, TxnBody body, void *arg)
  * Prepared statements
  * ---------------------------------------------------------------------
  */
-/*
- * A statement of the worker, prepared on first use.  Statements that read
- * the head of a queue are planned again at each use (see mm_prepare());
- * those that touch rows by key keep one plan.
- */
+/* A statement of the worker, prepared on first use (see mm_prepare()). */
 typedef struct Statement
 {
 	const char *sql;
 	int			nargs;
-	Oid			argtypes[4];
-	bool		replan;
+	Oid			argtypes[6];
 	SPIPlanPtr	plan;
 } Statement;
 
@@ -299,8 +380,7 @@ static Statement claim_rooms_stmt = {
 	"WHERE m.id = due.id "
 	"RETURNING m.id, m.mood, m.user_ids[1], m.user_ids[2], m.attempts, "
 	"          m.plan::text",
-	2, {INT4OID, INT4OID},
-	true
+	2, {INT4OID, INT4OID}
 };
 
 /*
@@ -332,7 +412,9 @@ static Statement save_plan_stmt = {
  * and each of its two users gets a push.  $1 is the array of match ids.
  * $2, $3 and $4 are, in the same order, the rooms, the join tokens and the
  * extra push fields (both JSON objects keyed by user id).  The intents are
- * found by primary key through the match's pair.
+ * found by primary key through the match's pair.  The first $5 pushes are
+ * leased to this process for $6 ms, as a claim would lease them, and they
+ * start once this commits.  The others are due at once.
  */
 static Statement rooms_ready_stmt = {
 	LOCK_ROWS("matches", "ANY ($1)")
@@ -345,17 +427,30 @@ static Statement rooms_ready_stmt = {
 	"  FROM cur JOIN r ON r.id = cur.id "
 	"  WHERE t.id = ANY ($1) AND t.id = cur.id AND cur.status = 'pending' "
 	"  RETURNING t.id, t.mood, t.intent_ids, r.room, r.tokens, r.extras"
+	"), p AS ("
+	"  SELECT i.id AS intent_id, m.id AS match_id, i.push_token, "
+	"         coalesce(m.extras::jsonb -> i.user_id, '{}') || "
+	"         jsonb_build_object('type', 'match', 'intent_id', i.id, "
+	"                            'match_id', m.id, 'mood', m.mood, "
+	"                            'room', m.room, "
+	"                            'token', m.tokens::jsonb ->> i.user_id) "
+	"           AS payload, "
+	"         row_number() OVER (ORDER BY i.id) AS n "
+	"  FROM m JOIN matchmaker.intents i ON i.id = ANY (m.intent_ids)"
 	") "
-	"INSERT INTO matchmaker.outbox (intent_id, match_id, push_token, payload) "
-	"SELECT i.id, m.id, i.push_token, "
-	"       coalesce(m.extras::jsonb -> i.user_id, '{}') || "
-	"       jsonb_build_object('type', 'match', 'intent_id', i.id, "
-	"                          'match_id', m.id, 'mood', m.mood, "
-	"                          'room', m.room, "
-	"                          'token', m.tokens::jsonb ->> i.user_id) "
-	"FROM m JOIN matchmaker.intents i ON i.id = ANY (m.intent_ids) "
-	"ORDER BY i.id",
-	4, {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID}
+	"INSERT INTO matchmaker.outbox "
+	"  (intent_id, match_id, push_token, payload, attempts, claimed_by, "
+	"   next_attempt_at) "
+	"SELECT intent_id, match_id, push_token, payload, "
+	"       CASE WHEN n <= $5 THEN 1 ELSE 0 END, "
+	"       CASE WHEN n <= $5 THEN pg_backend_pid() END, "
+	"       CASE WHEN n <= $5 THEN now() + $6 * interval '1 millisecond' "
+	"            ELSE now() END "
+	"FROM p ORDER BY n "
+	"RETURNING id, push_token, payload::text, attempts, "
+	"          claimed_by IS NOT NULL",
+	6, {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT4OID,
+	INT4OID}
 };
 
 static Statement room_retry_stmt = {
@@ -396,8 +491,7 @@ static Statement claim_pushes_stmt = {
 	"      ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due "
 	"WHERE o.id = due.id "
 	"RETURNING o.id, o.push_token, o.payload::text, o.attempts",
-	2, {INT4OID, INT4OID},
-	true
+	2, {INT4OID, INT4OID}
 };
 
 static Statement push_sent_stmt = {
@@ -439,7 +533,7 @@ execute(Statement *st, Datum *args, int expect)
 {
 	int			ret;
 
-	mm_prepare(&st->plan, st->sql, st->nargs, st->argtypes, st->replan);
+	mm_prepare(&st->plan, st->sql, st->nargs, st->argtypes);
 	ret = SPI_execute_plan(st->plan, args, NULL, false, 0);
 	if (ret != expect)
 		elog(ERROR, "statement failed: %s", SPI_result_code_string(ret));
@@ -483,6 +577,81 @@ lease_ms(void)
 }
 
 /* ---------------------------------------------------------------------
+ * Leased jobs
+ * ---------------------------------------------------------------------
+ */
+#define new_job_context(name) \
+	AllocSetContextCreate(mm_job_context, name, ALLOCSET_SMALL_SIZES)
+
+/*
+ * Add the job of a match leased to this process, from a row that starts
+ * with the match's id, mood, two user ids and attempts.  plan_column is
+ * the column of its saved plan, or 0 for a new match.  The provider may
+ * choose a plan now, which is saved before any request.
+ */
+static void
+add_room_job(HeapTuple tup, TupleDesc desc, int plan_column)
+{
+	const MMRoomProvider *provider = room_provider();
+	MemoryContext cxt = new_job_context("matchmaker room job");
+	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+	MMRoomJob  *job = palloc0(sizeof(MMRoomJob));
+	bool		isnull;
+	char	   *plan = plan_column > 0 ? SPI_getvalue(tup, desc, plan_column) : NULL;
+
+	job->cxt = cxt;
+	job->extension = claim_extension;
+	job->match_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+	job->mood = SPI_getvalue(tup, desc, 2);
+	job->users[0] = SPI_getvalue(tup, desc, 3);
+	job->users[1] = SPI_getvalue(tup, desc, 4);
+	job->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+	if (plan != NULL)
+		job->plan = json_loads(plan, 0, NULL);
+	job->outcome.retry_after_ms = -1;
+	job->next = txn_rooms;
+	txn_rooms = job;
+	txn_jobs++;
+
+	if (provider->make_plan)
+		provider->make_plan(job);
+	if (job->plan_is_new)
+	{
+		Datum		pargs[2];
+
+		pargs[0] = Int64GetDatum(job->match_id);
+		pargs[1] = CStringGetTextDatum(mm_json_dump(json_incref(job->plan)));
+		execute(&save_plan_stmt, pargs, SPI_OK_UPDATE);
+	}
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * Add the job of a push leased to this process, from a row of outbox id,
+ * push token, payload and attempts.
+ */
+static void
+add_push_job(HeapTuple tup, TupleDesc desc)
+{
+	MemoryContext cxt = new_job_context("matchmaker push job");
+	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+	MMPushJob  *job = palloc0(sizeof(MMPushJob));
+	bool		isnull;
+
+	job->cxt = cxt;
+	job->extension = claim_extension;
+	job->outbox_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+	job->push_token = SPI_getvalue(tup, desc, 2);
+	job->payload = SPI_getvalue(tup, desc, 3);
+	job->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+	job->outcome.retry_after_ms = -1;
+	job->next = txn_pushes;
+	txn_pushes = job;
+	txn_jobs++;
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/* ---------------------------------------------------------------------
  * Outcomes
  * ---------------------------------------------------------------------
  */
@@ -514,10 +683,6 @@ mm_push_done(MMPushJob *job)
 }
 
 /*
- * Return the error text a failed row keeps.  After the last attempt it
- * includes the number of attempts.
- */
-/*
  * Turn a retry the peer wants to delay beyond matchmaker.retry_max into a
  * failure: waiting that long would leave users in limbo, and retrying
  * sooner would ignore Retry-After.
@@ -534,6 +699,10 @@ limit_retry_after(MMOutcome *out)
 	}
 }
 
+/*
+ * Return the error text a failed row keeps.  After the last attempt it
+ * includes the number of attempts.
+ */
 static const char *
 final_error(const MMOutcome *out, int attempts)
 {
@@ -551,7 +720,8 @@ record_rooms_ready(MMRoomJob **jobs, int n)
 	Datum	   *rooms = palloc(sizeof(Datum) * n);
 	Datum	   *tokens = palloc(sizeof(Datum) * n);
 	Datum	   *extras = palloc(sizeof(Datum) * n);
-	Datum		args[4];
+	Datum		args[6];
+	SPITupleTable *tuptable;
 
 	for (int j = 0; j < n; j++)
 	{
@@ -580,8 +750,21 @@ record_rooms_ready(MMRoomJob **jobs, int n)
 	args[1] = mm_text_array(rooms, n);
 	args[2] = mm_text_array(tokens, n);
 	args[3] = mm_text_array(extras, n);
-	execute(&rooms_ready_stmt, args, SPI_OK_INSERT);
-	want_pushes = true;
+	args[4] = Int32GetDatum(Max(free_slots(), 0));
+	args[5] = Int32GetDatum(lease_ms());
+	claim_extension = get_extension_oid("matchmaker", true);
+	execute(&rooms_ready_stmt, args, SPI_OK_INSERT_RETURNING);
+	tuptable = SPI_tuptable;
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		if (DatumGetBool(SPI_getbinval(tuptable->vals[i], tuptable->tupdesc,
+									   5, &isnull)))
+			add_push_job(tuptable->vals[i], tuptable->tupdesc);
+		else
+			want_pushes = true;
+	}
 	for (int j = 0; j < n; j++)
 		elog(DEBUG1, "matchmaker: match " INT64_FORMAT " has room %s",
 			 jobs[j]->match_id, jobs[j]->room);
@@ -781,29 +964,8 @@ record_outcomes(void)
 		}
 	}
 
-	/* the slots are free again: look for more work */
-	want_rooms = want_rooms || rooms != NULL;
-	want_pushes = want_pushes || pushes != NULL;
-
-	while (rooms)
-	{
-		MMRoomJob  *next = rooms->next;
-
-		if (rooms->plan)
-			json_decref(rooms->plan);
-		for (int i = 0; i < 2; i++)
-			if (rooms->extras[i])
-				json_decref(rooms->extras[i]);
-		MemoryContextDelete(rooms->cxt);
-		rooms = next;
-	}
-	while (pushes)
-	{
-		MMPushJob  *next = pushes->next;
-
-		MemoryContextDelete(pushes->cxt);
-		pushes = next;
-	}
+	free_room_jobs(rooms);
+	free_push_jobs(pushes);
 	rooms_done = NULL;
 	pushes_done = NULL;
 }
@@ -816,12 +978,7 @@ typedef struct Claim
 {
 	int			limit;
 	int			claimed;
-	MMRoomJob  *rooms;
-	MMPushJob  *pushes;
 } Claim;
-
-#define new_job_context(name) \
-	AllocSetContextCreate(mm_job_context, name, ALLOCSET_SMALL_SIZES)
 
 /*
  * Run a claim statement: lease up to limit due rows and return how many,
@@ -844,48 +1001,12 @@ static void
 claim_rooms_body(void *arg)
 {
 	Claim	   *claim = (Claim *) arg;
-	const MMRoomProvider *provider = room_provider();
 	uint64		n = claim_rows(&claim_rooms_stmt, claim->limit);
 	SPITupleTable *tuptable = SPI_tuptable;
 
 	for (uint64 i = 0; i < n; i++)
-	{
-		HeapTuple	tup = tuptable->vals[i];
-		TupleDesc	desc = tuptable->tupdesc;
-		MemoryContext cxt = new_job_context("matchmaker room job");
-		MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
-		MMRoomJob  *job = palloc0(sizeof(MMRoomJob));
-		bool		isnull;
-		char	   *plan;
-
-		job->cxt = cxt;
-		job->extension = claim_extension;
-		job->match_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		job->mood = SPI_getvalue(tup, desc, 2);
-		job->users[0] = SPI_getvalue(tup, desc, 3);
-		job->users[1] = SPI_getvalue(tup, desc, 4);
-		job->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
-		plan = SPI_getvalue(tup, desc, 6);
-		if (plan != NULL)
-			job->plan = json_loads(plan, 0, NULL);
-		job->outcome.retry_after_ms = -1;
-
-		if (provider->make_plan)
-			provider->make_plan(job);
-		if (job->plan_is_new)
-		{
-			Datum		pargs[2];
-
-			pargs[0] = Int64GetDatum(job->match_id);
-			pargs[1] = CStringGetTextDatum(mm_json_dump(json_incref(job->plan)));
-			execute(&save_plan_stmt, pargs, SPI_OK_UPDATE);
-		}
-		MemoryContextSwitchTo(oldcxt);
-
-		job->next = claim->rooms;
-		claim->rooms = job;
-		claim->claimed++;
-	}
+		add_room_job(tuptable->vals[i], tuptable->tupdesc, 6);
+	claim->claimed = (int) n;
 }
 
 static void
@@ -896,27 +1017,8 @@ claim_pushes_body(void *arg)
 	SPITupleTable *tuptable = SPI_tuptable;
 
 	for (uint64 i = 0; i < n; i++)
-	{
-		HeapTuple	tup = tuptable->vals[i];
-		TupleDesc	desc = tuptable->tupdesc;
-		MemoryContext cxt = new_job_context("matchmaker push job");
-		MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
-		MMPushJob  *job = palloc0(sizeof(MMPushJob));
-		bool		isnull;
-
-		job->cxt = cxt;
-		job->extension = claim_extension;
-		job->outbox_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		job->push_token = SPI_getvalue(tup, desc, 2);
-		job->payload = SPI_getvalue(tup, desc, 3);
-		job->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
-		job->outcome.retry_after_ms = -1;
-		MemoryContextSwitchTo(oldcxt);
-
-		job->next = claim->pushes;
-		claim->pushes = job;
-		claim->claimed++;
-	}
+		add_push_job(tuptable->vals[i], tuptable->tupdesc);
+	claim->claimed = (int) n;
 }
 
 static void
@@ -999,58 +1101,68 @@ start_push(MMPushJob *job)
 }
 
 /*
- * Claim pushes, then rooms, up to the free request slots.  Pushes go
- * first because they finish what earlier rooms began.  Each room made adds
- * two pushes, so under load the slots settle where pushes keep up with
- * rooms, and a flood of new matches cannot delay the pushes of earlier
- * ones.
+ * Claim due pushes up to the free request slots.  Pushes are claimed
+ * before matching and before rooms, because they finish what earlier
+ * rooms began.  Each room made adds two pushes, so under load the slots
+ * settle where pushes keep up with rooms, and a flood of new matches
+ * cannot delay the pushes of earlier ones.
  */
 static void
-claim_and_start(void)
+claim_pushes(void)
 {
-	int			free_slots = max_inflight() - jobs_inflight;
-	Claim		pushes;
-	Claim		rooms;
+	Claim		claim = {0, 0};
 
-	memset(&pushes, 0, sizeof(pushes));
-	memset(&rooms, 0, sizeof(rooms));
-	if (want_pushes && free_slots > 0)
-	{
-		pushes.limit = free_slots;
-		if (run_transaction("claim pushes", claim_pushes_body, &pushes))
-		{
-			want_pushes = (pushes.claimed == pushes.limit);
-			free_slots -= pushes.claimed;
-		}
-		else
-			want_pushes = false;	/* the poll timer tries again */
-	}
+	if (!want_pushes || (claim.limit = free_slots()) <= 0)
+		return;
+	if (run_transaction("claim pushes", claim_pushes_body, &claim))
+		want_pushes = (claim.claimed == claim.limit);
+	else
+		want_pushes = false;	/* the poll timer tries again */
+}
 
-	if (want_rooms && free_slots <= 0)
+/*
+ * Claim due matches up to the free request slots: those that matching
+ * made beyond the free slots, retries, and leases that ran out.
+ */
+static void
+claim_rooms(void)
+{
+	Claim		claim = {0, 0};
+
+	if (want_rooms && (claim.limit = free_slots()) <= 0)
 		rooms_backlog = true;
 	else if (want_rooms)
 	{
-		rooms.limit = free_slots;
-		if (run_transaction("claim matches", claim_rooms_body, &rooms))
-			want_rooms = (rooms.claimed == rooms.limit);
+		if (run_transaction("claim matches", claim_rooms_body, &claim))
+			want_rooms = (claim.claimed == claim.limit);
 		else
 			want_rooms = false;
 		rooms_backlog = want_rooms;
 	}
 	else
 		rooms_backlog = false;
+}
 
-	/*
-	 * Both claims first, then the requests: start_job() waits for the WAL
-	 * to reach disk once for both.
-	 */
-	for (MMPushJob *job = pushes.pushes, *next; job; job = next)
+/*
+ * Start the jobs whose leases have committed, pushes first.  start_job()
+ * waits for the WAL to reach disk once for all of them.
+ */
+static void
+start_jobs(void)
+{
+	MMPushJob  *pushes = ready_pushes;
+	MMRoomJob  *rooms = ready_rooms;
+
+	ready_pushes = NULL;
+	ready_rooms = NULL;
+	ready_jobs = 0;
+	for (MMPushJob *job = pushes, *next; job; job = next)
 	{
 		next = job->next;
 		job->next = NULL;
 		start_push(job);
 	}
-	for (MMRoomJob *job = rooms.rooms, *next; job; job = next)
+	for (MMRoomJob *job = rooms, *next; job; job = next)
 	{
 		next = job->next;
 		job->next = NULL;
@@ -1070,8 +1182,7 @@ static Statement close_due_stmt = {
 	"       OR status = 'failed') "
 	"  AND NOT (id = ANY ($3)) "
 	"ORDER BY id LIMIT $1",
-	3, {INT4OID, INT4OID, INT8ARRAYOID},
-	true
+	3, {INT4OID, INT4OID, INT8ARRAYOID}
 };
 
 static Statement closed_stmt = {
@@ -1255,15 +1366,36 @@ record_closes(void)
 typedef struct PassResult
 {
 	int			made;
+	int			due;			/* made but not leased: left to claims */
 	bool		more;
 } PassResult;
 
+/*
+ * Match, leasing as many new matches as there are free request slots, so
+ * that their rooms are asked for as soon as the pass commits.
+ */
 static void
 match_body(void *arg)
 {
 	PassResult *res = (PassResult *) arg;
+	SPITupleTable *tuptable;
 
-	res->made = mm_match_pass(mm_batch_size, &res->more);
+	claim_extension = get_extension_oid("matchmaker", true);
+	res->made = mm_match_pass(mm_batch_size, &res->more,
+							  Max(free_slots(), 0), lease_ms());
+	if (res->made == 0)
+		return;
+	tuptable = SPI_tuptable;
+	for (int i = 0; i < res->made; i++)
+	{
+		bool		isnull;
+
+		if (DatumGetBool(SPI_getbinval(tuptable->vals[i], tuptable->tupdesc,
+									   6, &isnull)))
+			add_room_job(tuptable->vals[i], tuptable->tupdesc, 0);
+		else
+			res->due++;
+	}
 }
 
 static void
@@ -1287,14 +1419,14 @@ expire_body(void *arg)
 static void
 run_matching(void)
 {
-	PassResult	res = {0, false};
+	PassResult	res = {0, 0, false};
 
 	if (!run_transaction("match intents", match_body, &res))
 	{
 		want_match = false;
 		return;
 	}
-	if (res.made > 0)
+	if (res.due > 0)
 		want_rooms = true;
 
 	/*
@@ -1677,6 +1809,15 @@ matchmaker_worker_main(Datum main_arg)
 	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
 	/*
+	 * With those two off, each statement has one good plan whatever the
+	 * statistics show, so each keeps a generic plan.  Planning them again at
+	 * every run took a third of the worker's time at 1,000 intents per
+	 * second, more than running them.
+	 */
+	SetConfigOption("plan_cache_mode", "force_generic_plan", PGC_SUSET,
+					PGC_S_OVERRIDE);
+
+	/*
 	 * The worker's statements are short, and the matching query's disabled
 	 * sort puts its cost past JIT's thresholds: compiling it took longer
 	 * than running it.
@@ -1802,9 +1943,11 @@ matchmaker_worker_main(Datum main_arg)
 			if (room_provider()->tick)
 				room_provider()->tick();
 		}
+		claim_pushes();
 		if (want_match && !rooms_backlog)
 			run_matching();
-		claim_and_start();
+		claim_rooms();
+		start_jobs();
 		if (sender_number == 0 && mm_senders > 0 && (want_rooms || want_pushes))
 			wake_senders();
 		if (want_closes)
