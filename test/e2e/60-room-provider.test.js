@@ -68,6 +68,58 @@ test('http provider room reaches pushes', { timeout: lib.TEST_TIMEOUT_MS }, asyn
   }
 });
 
+// The worker leases new matches as it writes them, but only as many as it
+// has free request slots. The others wait, unleased, for a slot.
+test('new matches leased up to free slots', { timeout: lib.TEST_TIMEOUT_MS }, async (t) => {
+  await useHttpProvider(t);
+  t.after(() => lib.resetSettings(['matchmaker.max_inflight']));
+  await lib.setSettings({ 'matchmaker.max_inflight': 2 });
+  const name = 'slots';
+  const prefix = `${name}-${lib.runTag}-`;
+  t.after(() => lib.roomsControl({ delayMs: 0, user: prefix }));
+  await lib.roomsControl({ delayMs: 1500, user: prefix });
+  const mood = await lib.newMood(name);
+  const users = lib.users(name, 6);
+  const [worker] = await lib.workers();
+  const inserted = await lib.insertIntents(users, mood);
+
+  // One pass pairs all six. The first rooms take 1.5 s, so the leases
+  // are still in place when the three matches show up.
+  const matches = await lib.waitFor(async () => {
+    const list = await lib.rows(`
+      SELECT id, claimed_by, attempts FROM matchmaker.matches
+      WHERE mood = ${lib.literal(mood)} ORDER BY id`);
+    return list.length === 3 && list;
+  }, 10000, 'three matches');
+  const leased = matches.filter((m) => m.claimed_by !== null);
+  const unleased = matches.filter((m) => m.claimed_by === null);
+  assert.ok(leased.length >= 1, 'no new match was leased');
+  assert.ok(leased.length <= 2, `${leased.length} of 3 new matches leased with 2 request slots`);
+  for (const match of leased) {
+    assert.equal(match.claimed_by, worker.pid);
+    assert.equal(match.attempts, 1);
+  }
+  assert.ok(unleased.length >= 1, 'a match beyond the free slots must wait unleased');
+  for (const match of unleased) {
+    assert.equal(match.attempts, 0);
+  }
+
+  // Every match gets its room with one request, and every user a push.
+  for (let i = 0; i < 6; i += 2) {
+    const match = await lib.settledMatch(users.slice(i, i + 2));
+    assert.equal(match.status, 'ready', `match ${match.id}: last_error ${match.last_error}`);
+    assert.equal(match.attempts, 1);
+  }
+  const requests = await lib.roomRequests(prefix);
+  assert.equal(requests.length, 3);
+  const outbox = await lib.waitForOutbox(inserted.map((i) => i.id));
+  assert.equal(outbox.length, 6);
+  for (const row of outbox) {
+    assert.equal(row.status, 'sent', `outbox ${row.id}: last_error ${row.last_error}`);
+    assert.equal(row.attempts, 1);
+  }
+});
+
 test('room service 503 retried', { timeout: lib.TEST_TIMEOUT_MS }, async (t) => {
   await useHttpProvider(t);
   const name = 'room503';
