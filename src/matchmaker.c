@@ -67,6 +67,7 @@ startup_shmem(void)
 	if (!found)
 	{
 		pg_atomic_init_u32(&mm_shared->worker_procno, 0);
+		pg_atomic_init_u32(&mm_shared->worker_database, InvalidOid);
 		for (int i = 0; i < MM_MAX_SENDERS; i++)
 			pg_atomic_init_u32(&mm_shared->sender_procno[i], 0);
 	}
@@ -82,8 +83,10 @@ wake_worker_at_commit(XactEvent event, void *arg)
 		return;
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
 	{
+		/* a worker that serves another database has nothing to do here */
 		procno = pg_atomic_read_u32(&mm_shared->worker_procno);
-		if (procno != 0)
+		if (procno != 0 &&
+			pg_atomic_read_u32(&mm_shared->worker_database) == MyDatabaseId)
 			SetLatch(&ProcGlobal->allProcs[procno - 1].procLatch);
 		wake_at_commit = false;
 	}

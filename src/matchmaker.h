@@ -279,6 +279,7 @@ mm_push_end(MMPushJob *job, MMResult result, const char *error)
 typedef struct MMShared
 {
 	pg_atomic_uint32 worker_procno; /* worker's pgprocno + 1, or 0 */
+	pg_atomic_uint32 worker_database;	/* OID of the database it serves */
 	pg_atomic_uint32 sender_procno[MM_MAX_SENDERS]; /* each sender's pgprocno + 1, or 0 */
 } MMShared;
 

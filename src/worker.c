@@ -1839,6 +1839,8 @@ matchmaker_worker_main(Datum main_arg)
 	on_proc_exit(listener_close, (Datum) 0);
 	if (mm_shared)
 	{
+		if (sender_number == 0)
+			pg_atomic_write_u32(&mm_shared->worker_database, MyDatabaseId);
 		pg_atomic_write_u32(procno_slot(), MyProc->pgprocno + 1);
 		on_shmem_exit(unregister_worker, (Datum) 0);
 	}
