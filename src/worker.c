@@ -722,6 +722,7 @@ record_rooms_ready(MMRoomJob **jobs, int n)
 	Datum	   *extras = palloc(sizeof(Datum) * n);
 	Datum		args[6];
 	SPITupleTable *tuptable;
+	int			npushes;
 
 	for (int j = 0; j < n; j++)
 	{
@@ -753,9 +754,9 @@ record_rooms_ready(MMRoomJob **jobs, int n)
 	args[4] = Int32GetDatum(Max(free_slots(), 0));
 	args[5] = Int32GetDatum(lease_ms());
 	claim_extension = get_extension_oid("matchmaker", true);
-	execute(&rooms_ready_stmt, args, SPI_OK_INSERT_RETURNING);
+	npushes = execute(&rooms_ready_stmt, args, SPI_OK_INSERT_RETURNING);
 	tuptable = SPI_tuptable;
-	for (uint64 i = 0; i < SPI_processed; i++)
+	for (int i = 0; i < npushes; i++)
 	{
 		bool		isnull;
 
