@@ -1,10 +1,12 @@
 'use strict';
 
-// The background worker runs and shows itself in pg_stat_activity.
+// The background worker runs and shows itself in pg_stat_activity, and
+// inserts wake it only in the database it serves.
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const lib = require('./lib.js');
+const faults = require('./faults.js');
 
 test('worker listed in pg_stat_activity', { timeout: lib.TEST_TIMEOUT_MS }, async () => {
   const list = await lib.waitFor(async () => {
@@ -25,4 +27,35 @@ test('extension objects present', { timeout: lib.TEST_TIMEOUT_MS }, async () => 
 
   const stats = await lib.rows('SELECT * FROM matchmaker.stats');
   assert.ok(Array.isArray(stats));
+});
+
+// An insert wakes the worker only in the database the worker serves. In
+// another database that has the extension, it must not start a pass.
+test('inserts wake only the served database', { timeout: lib.TEST_TIMEOUT_MS }, async (t) => {
+  const database = `other_${lib.runTag}`;
+  await lib.sql(`CREATE DATABASE ${database}`);
+  t.after(() => lib.sql(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`));
+  await faults.sqlIn(database, 'CREATE EXTENSION matchmaker');
+  // With a long poll interval, only a wake-up starts a transaction.
+  t.after(() => lib.resetSettings(['matchmaker.poll_interval']));
+  await lib.setSettings({ 'matchmaker.poll_interval': 60000 });
+  await lib.sleep(1000);
+  const [worker] = await lib.workers();
+  const lastStart = async () =>
+    (await lib.row(`SELECT query_start FROM pg_stat_activity WHERE pid = ${worker.pid}`)).query_start;
+  const before = await lastStart();
+
+  for (let i = 1; i <= 5; i++) {
+    await faults.sqlIn(database, `
+      INSERT INTO matchmaker.intents (user_id, mood, push_token)
+      VALUES ('other-${lib.runTag}-u${i}', 'happy', 'push-other-${lib.runTag}-u${i}')`);
+  }
+  await lib.sleep(500);
+  assert.equal(await lastStart(), before, 'an insert into another database woke the worker');
+
+  // The same insert into the served database does wake it.
+  const mood = await lib.newMood('wake');
+  await lib.insertIntents(lib.users('wake', 1), mood);
+  await lib.waitFor(async () => (await lastStart()) !== before, 5000,
+    'the worker to start a transaction after an insert');
 });
