@@ -1659,11 +1659,22 @@ startup_body(void *arg)
 	check_extension_body(NULL);
 }
 
+/* when the poll timer fires next */
+static TimestampTz next_poll = 0;
+
 static void
 reload_settings(void)
 {
+	TimestampTz poll_by;
+
 	ConfigReloadPending = false;
 	ProcessConfigFile(PGC_SIGHUP);
+
+	/* a shorter poll_interval applies now, not when the old one runs out */
+	poll_by = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+										  mm_poll_interval);
+	if (next_poll > poll_by)
+		next_poll = poll_by;
 
 	if (strcmp(mm_database, served_database) != 0)
 	{
@@ -1707,7 +1718,7 @@ reload_settings(void)
  * or not at all when a pass left work behind.
  */
 static long
-sleep_ms(TimestampTz next_poll)
+sleep_ms(void)
 {
 	long		ms;
 	long		curl_ms = mm_http_timeout_ms();
@@ -1766,7 +1777,6 @@ raise_open_file_limit(void)
 void
 matchmaker_worker_main(Datum main_arg)
 {
-	TimestampTz next_poll = 0;
 
 	sender_number = DatumGetInt32(main_arg);
 	if (sender_number > 0)
@@ -1881,7 +1891,7 @@ matchmaker_worker_main(Datum main_arg)
 							  NULL, &listener_marker);
 		mm_http_wait_setup(set);
 
-		nfired = WaitEventSetWait(set, sleep_ms(next_poll), events,
+		nfired = WaitEventSetWait(set, sleep_ms(), events,
 								  lengthof(events), PG_WAIT_EXTENSION);
 		for (int i = 0; i < nfired; i++)
 		{
