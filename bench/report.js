@@ -228,6 +228,9 @@ function contextLines(run, fakes, phases) {
       ` ${latency.pairToPushMs.count} pushes, ${latency.matchedWithoutPush} matched intents without a push;` +
       ` pair to push p90 ${latency.pairToPushMs.p90}, p99.9 ${latency.pairToPushMs.p999} ms`,
     '         from created_at, which is before the commit, to arrival at the receiver (same clock)',
+    `         the inserts' own latency: p50 ${fixed(latencyLoad.insertP50Ms, 1)}, p99 ${fixed(latencyLoad.insertP99Ms, 1)},` +
+      ` max ${fixed(latencyLoad.insertMaxMs, 1)} ms; the server flushed the WAL ${integer.format(latencyLoad.walSyncs)} times` +
+      ` in the ${run.latencySeconds} s, ${fixed(latencyLoad.walSyncMs / latencyLoad.walSyncs, 2)} ms each on average`,
     `slow     ${run.slowSeconds} s unthrottled, rooms ${run.roomDelayMs} ms, pushes ${run.pushDelayMs} ms,` +
       ` max_inflight ${run.slowMaxInflight}: ${slow.insertRate} inserts/s, ${slow.matchReadyRate} matches ready/s,` +
       ` ${slow.matchPushRate} match pushes/s over ${slow.windowSeconds} s after ${slow.warmupSeconds} s warm-up`,
