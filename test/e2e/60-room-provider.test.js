@@ -87,8 +87,11 @@ test('new matches leased up to free slots', { timeout: lib.TEST_TIMEOUT_MS }, as
   // are still in place when the three matches show up.
   const matches = await lib.waitFor(async () => {
     const list = await lib.rows(`
-      SELECT id, claimed_by, attempts FROM matchmaker.matches
-      WHERE mood = ${lib.literal(mood)} ORDER BY id`);
+      SELECT m.id, m.claimed_by, m.attempts, m.xmin::text AS xmin,
+             (SELECT array_agg(DISTINCT i.xmin::text) FROM matchmaker.intents i
+              WHERE i.match_id = m.id) AS intent_xmins
+      FROM matchmaker.matches m
+      WHERE m.mood = ${lib.literal(mood)} ORDER BY m.id`);
     return list.length === 3 && list;
   }, 10000, 'three matches');
   const leased = matches.filter((m) => m.claimed_by !== null);
@@ -98,6 +101,8 @@ test('new matches leased up to free slots', { timeout: lib.TEST_TIMEOUT_MS }, as
   for (const match of leased) {
     assert.equal(match.claimed_by, worker.pid);
     assert.equal(match.attempts, 1);
+    // written by the transaction that matched its intents, not by a claim
+    assert.deepEqual(match.intent_xmins, [match.xmin]);
   }
   assert.ok(unleased.length >= 1, 'a match beyond the free slots must wait unleased');
   for (const match of unleased) {
