@@ -101,7 +101,7 @@ test('new matches leased up to free slots', { timeout: lib.TEST_TIMEOUT_MS }, as
   for (const match of leased) {
     assert.equal(match.claimed_by, worker.pid);
     assert.equal(match.attempts, 1);
-    // written by the transaction that matched its intents, not by a claim
+    // The transaction that matched the intents wrote the lease, not a claim.
     assert.deepEqual(match.intent_xmins, [match.xmin]);
   }
   assert.ok(unleased.length >= 1, 'a match beyond the free slots must wait unleased');
