@@ -163,3 +163,41 @@ test('push retried after refused connection', { timeout: lib.TEST_TIMEOUT_MS }, 
   const retried = outbox.find((o) => o.id === failed.id);
   assert.ok(retried.attempts >= 2);
 });
+
+// The transaction that records a ready room inserts its two pushes already
+// leased to the worker, which sends them without a claim in between.
+test('pushes leased with their room', { timeout: lib.TEST_TIMEOUT_MS }, async (t) => {
+  const name = 'pushlease';
+  const prefix = lib.pushPrefix(name);
+  t.after(() => lib.pushControl({ delayMs: 0, to: prefix }));
+  await lib.pushControl({ delayMs: 1500, to: prefix });
+  const mood = await lib.newMood(name);
+  const pair = lib.users(name, 2);
+  const [worker] = await lib.workers();
+  const inserted = await lib.insertIntents(pair, mood);
+  const intentIds = inserted.map((i) => i.id);
+
+  // The receiver holds each push for 1.5 s, so the leases are still in
+  // place when the rows show up.
+  const pending = await lib.waitFor(async () => {
+    const list = await lib.rows(`
+      SELECT o.id, o.status, o.claimed_by, o.attempts, o.xmin::text AS xmin,
+             m.status AS match_status, m.xmin::text AS match_xmin
+      FROM matchmaker.outbox o JOIN matchmaker.matches m ON m.id = o.match_id
+      WHERE o.intent_id IN (${intentIds.join(', ')})`);
+    return list.length === 2 && list;
+  }, 10000, 'two pushes');
+  for (const row of pending) {
+    assert.equal(row.status, 'pending');
+    assert.equal(row.claimed_by, worker.pid);
+    assert.equal(row.attempts, 1);
+    assert.equal(row.match_status, 'ready');
+    assert.equal(row.xmin, row.match_xmin, `outbox ${row.id} was leased after its room was recorded`);
+  }
+
+  const outbox = await lib.waitForOutbox(intentIds, 30000);
+  for (const row of outbox) {
+    assert.equal(row.status, 'sent', `outbox ${row.id}: last_error ${row.last_error}`);
+    assert.equal(row.attempts, 1);
+  }
+});
