@@ -179,14 +179,11 @@ test('pushes leased with their room', { timeout: lib.TEST_TIMEOUT_MS }, async (t
 
   // The receiver holds each push for 1.5 s, so the leases are still in
   // place when the rows show up.
-  const pending = await lib.waitFor(async () => {
-    const list = await lib.rows(`
-      SELECT o.id, o.status, o.claimed_by, o.attempts, o.xmin::text AS xmin,
-             m.status AS match_status, m.xmin::text AS match_xmin
-      FROM matchmaker.outbox o JOIN matchmaker.matches m ON m.id = o.match_id
-      WHERE o.intent_id IN (${intentIds.join(', ')})`);
-    return list.length === 2 && list;
-  }, 10000, 'two pushes');
+  const pending = await lib.waitForRows(`
+    SELECT o.id, o.status, o.claimed_by, o.attempts, o.xmin::text AS xmin,
+           m.status AS match_status, m.xmin::text AS match_xmin
+    FROM matchmaker.outbox o JOIN matchmaker.matches m ON m.id = o.match_id
+    WHERE o.intent_id IN (${intentIds.join(', ')})`, 2, 10000, 'two pushes');
   for (const row of pending) {
     assert.equal(row.status, 'pending');
     assert.equal(row.claimed_by, worker.pid);

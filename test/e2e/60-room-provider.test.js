@@ -85,15 +85,12 @@ test('new matches leased up to free slots', { timeout: lib.TEST_TIMEOUT_MS }, as
 
   // One pass pairs all six. The first rooms take 1.5 s, so the leases
   // are still in place when the three matches show up.
-  const matches = await lib.waitFor(async () => {
-    const list = await lib.rows(`
-      SELECT m.id, m.claimed_by, m.attempts, m.xmin::text AS xmin,
-             (SELECT array_agg(DISTINCT i.xmin::text) FROM matchmaker.intents i
-              WHERE i.match_id = m.id) AS intent_xmins
-      FROM matchmaker.matches m
-      WHERE m.mood = ${lib.literal(mood)} ORDER BY m.id`);
-    return list.length === 3 && list;
-  }, 10000, 'three matches');
+  const matches = await lib.waitForRows(`
+    SELECT m.id, m.claimed_by, m.attempts, m.xmin::text AS xmin,
+           (SELECT array_agg(DISTINCT i.xmin::text) FROM matchmaker.intents i
+            WHERE i.match_id = m.id) AS intent_xmins
+    FROM matchmaker.matches m
+    WHERE m.mood = ${lib.literal(mood)} ORDER BY m.id`, 3, 10000, 'three matches');
   const leased = matches.filter((m) => m.claimed_by !== null);
   const unleased = matches.filter((m) => m.claimed_by === null);
   assert.ok(leased.length >= 1, 'no new match was leased');

@@ -107,6 +107,15 @@ async function waitFor(fn, timeoutMs = WORKER_TIMEOUT_MS, description = 'conditi
   }
 }
 
+// Run a SELECT until it returns count rows, and return those rows.
+async function waitForRows(query, count, timeoutMs = WORKER_TIMEOUT_MS,
+  description = `${count} rows`) {
+  return waitFor(async () => {
+    const list = await rows(query);
+    return list.length === count && list;
+  }, timeoutMs, description);
+}
+
 // A short random tag, so that ids from one run never collide with those
 // of another run against the same cluster.
 const runTag = crypto.randomBytes(3).toString('hex');
@@ -509,6 +518,7 @@ module.exports = {
   startPushReceiver,
   users,
   waitFor,
+  waitForRows,
   waitForIntents,
   waitForOutbox,
   workers,
