@@ -37,6 +37,59 @@ function signed(value, digits) {
   return `${value >= 0 ? '+' : ''}${value.toFixed(digits)}`;
 }
 
+function mean(values) {
+  return values.reduce((sum, value) => sum + value, 0) / values.length;
+}
+
+// The CPU groups of bench/cpu-sample.js, in the order the summary lists them.
+const CPU_GROUPS = ['sessions', 'pgbench', 'worker', 'senders', 'fakes', 'autovacuum', 'otherServer'];
+
+// Return the microseconds of CPU per insert of each group and of the
+// whole machine, from CPU samples (percent of one core) of loads that
+// ran at the given insert rates.
+function cpuPerInsert(samples, rates) {
+  const perInsert = (pct, rate) => (pct * 1e4) / rate;
+  const groupsUs = {};
+  for (const group of CPU_GROUPS) {
+    groupsUs[group] = mean(samples.map((sample, i) => perInsert(sample.groupsPct[group], rates[i])));
+  }
+  return {
+    groupsUs,
+    machineUs: mean(samples.map((sample, i) => perInsert(sample.machineBusyPct, rates[i]))),
+    machineBusyPct: mean(samples.map((sample) => sample.machineBusyPct)),
+    stealPct: mean(samples.map((sample) => sample.stealPct)),
+  };
+}
+
+// Combine R1's runs: two into each table (bare, intents, intents, bare)
+// and one while the worker serves another database. Each rate is the
+// mean of its runs, which last the same time.
+function readR1(dir, cores) {
+  const rates = readJson(dir, 'r1-rates.json');
+  const cpu = {
+    bare: cpuPerInsert([readJson(dir, 'r1-bare-1-cpu.json'), readJson(dir, 'r1-bare-2-cpu.json')],
+      rates.bareRates),
+    intents: cpuPerInsert([readJson(dir, 'r1-intents-1-cpu.json'), readJson(dir, 'r1-intents-2-cpu.json')],
+      rates.intentRates),
+    idle: cpuPerInsert([readJson(dir, 'r1-idle-cpu.json')], [rates.idleIntentRate]),
+  };
+  const bareRate = mean(rates.bareRates);
+  // The rate at which the machine's cores would all be busy, at the CPU
+  // per intent that the runs into matchmaker.intents used.
+  const cpuBoundRate = (cores * 1e6) / cpu.intents.machineUs;
+  return {
+    ...rates,
+    bareRate,
+    intentRate: mean(rates.intentRates),
+    cpu,
+    cpuBoundRate,
+    cpuBoundRatio: cpuBoundRate / bareRate,
+    // The CPU per intent, everything included, at which the cores would
+    // allow an R1 of 0.9.
+    cpuBudgetUsForGoal: (cores * 1e6) / (0.9 * bareRate),
+  };
+}
+
 // Return an insert rate over the bare table's rate, with both rates.
 function insertRatio(intentRate, bareRate) {
   return { value: intentRate / bareRate, intentRate, bareRate };
@@ -204,9 +257,24 @@ function stallLines(stalls) {
   ];
 }
 
+const R1_CPU_LABELS = {
+  bare: 'bench.bare',
+  intents: 'matchmaker.intents',
+  idle: 'worker elsewhere',
+};
+
+// Format CPU per insert as "group us, ..." for the groups that used any,
+// then the whole machine.
+function formatCpu(cpu) {
+  const groups = CPU_GROUPS.filter((group) => cpu.groupsUs[group] >= 0.5)
+    .map((group) => `${group} ${integer.format(cpu.groupsUs[group])}`);
+  return `${groups.join(', ')} us; machine ${integer.format(cpu.machineUs)} us` +
+    ` (${integer.format(cpu.machineBusyPct)}% of one core busy, ${integer.format(cpu.stealPct)}% stolen)`;
+}
+
 // The conditions and side figures that the table leaves out.
 function contextLines(run, fakes, phases) {
-  const { r2, r2Backlog, r2Inserts, latency, latencyLoad, slow, memory } = phases;
+  const { r1, r2, r2Backlog, r2Inserts, latency, latencyLoad, slow, memory } = phases;
   const lines = [
     `run      ${run.started}${run.quick === 'yes' ? ', QUICK (short phases, for a smoke check only)' : ''}`,
     `code     ${run.commit}${run.uncommittedChanges === 'yes' ? ' with uncommitted changes in src/ or sql/' : ''}`,
@@ -216,7 +284,14 @@ function contextLines(run, fakes, phases) {
       ` worker max_inflight ${run.maxInflight}, senders ${run.senders}, batch_size ${run.batchSize}, poll_interval ${run.pollInterval}`,
     `fakes    alone, 64 connections: push receiver ${integer.format(fakes.push.requestsPerSecond)} requests/s,` +
       ` room service ${integer.format(fakes.rooms.requestsPerSecond)} requests/s`,
-    `R1       ${run.r1Seconds} s per table, unthrottled`,
+    `R1       unthrottled, ${run.r1Seconds} s per run, in the order bare, intents, intents, bare:` +
+      ` bare ${r1.bareRates.map((rate) => integer.format(rate)).join(' and ')}/s,` +
+      ` intents ${r1.intentRates.map((rate) => integer.format(rate)).join(' and ')}/s`,
+    ...['bare', 'intents', 'idle'].map((name) => `         CPU per insert, ${R1_CPU_LABELS[name]}: ` +
+      `${formatCpu(r1.cpu[name])}`),
+    `         at ${integer.format(r1.cpu.intents.machineUs)} us of CPU per intent, ${run.cores} cores allow` +
+      ` ${integer.format(r1.cpuBoundRate)} intents/s, an R1 of ${fixed(r1.cpuBoundRatio, 2)};` +
+      ` an R1 of 0.9 needs ${integer.format(r1.cpuBudgetUsForGoal)} us or less`,
     `R2       backlog of ${integer.format(r2Backlog.intents)} waiting intents; window ${r2.windowSeconds} s after` +
       ` ${r2.warmupSeconds} s warm-up: ${r2.matchPushesInWindow} match pushes received,` +
       ` ${r2.matchReadyRate} matches ready/s; ${integer.format(r2Backlog.waitingAfterWindow)} still waiting after it`,
@@ -259,7 +334,7 @@ function main() {
     rooms: readJson(dir, 'ceiling-rooms.json'),
   };
   const phases = {
-    r1: readJson(dir, 'r1.json'),
+    r1: readR1(dir, run.cores),
     r2: readJson(dir, 'r2.json'),
     r2Backlog: readJson(dir, 'r2-backlog.json'),
     r2Inserts: readJson(dir, 'r2-inserts.json'),
