@@ -272,9 +272,24 @@ function formatCpu(cpu) {
     ` (${integer.format(cpu.machineBusyPct)}% of one core busy, ${integer.format(cpu.stealPct)}% stolen)`;
 }
 
+// Format a phase's CPU sample: each group that used any, in percent of
+// one core, then the busy and stolen time of the machine. With a rate of
+// intents pushed, it adds the worker's and senders' CPU per intent.
+function formatPhaseCpu(cpu, pushRate = null) {
+  const groups = CPU_GROUPS.filter((group) => cpu.groupsPct[group] >= 0.5)
+    .map((group) => `${group} ${integer.format(cpu.groupsPct[group])}%`);
+  let line = `         CPU in % of one core: ${groups.join(', ')}; machine busy` +
+    ` ${integer.format(cpu.machineBusyPct)}%, stolen ${integer.format(cpu.stealPct)}%`;
+  if (pushRate !== null) {
+    const workerUs = ((cpu.groupsPct.worker + cpu.groupsPct.senders) * 1e4) / pushRate;
+    line += `; worker and senders ${integer.format(workerUs)} us per intent pushed`;
+  }
+  return line;
+}
+
 // The conditions and side figures that the table leaves out.
 function contextLines(run, fakes, phases) {
-  const { r1, r2, r2Backlog, r2Inserts, latency, latencyLoad, slow, memory } = phases;
+  const { r1, r2, r2Backlog, r2Inserts, latency, latencyLoad, slow, memory, cpu } = phases;
   const lines = [
     `run      ${run.started}${run.quick === 'yes' ? ', QUICK (short phases, for a smoke check only)' : ''}`,
     `code     ${run.commit}${run.uncommittedChanges === 'yes' ? ' with uncommitted changes in src/ or sql/' : ''}`,
@@ -295,9 +310,11 @@ function contextLines(run, fakes, phases) {
     `R2       backlog of ${integer.format(r2Backlog.intents)} waiting intents; window ${r2.windowSeconds} s after` +
       ` ${r2.warmupSeconds} s warm-up: ${r2.matchPushesInWindow} match pushes received,` +
       ` ${r2.matchReadyRate} matches ready/s; ${integer.format(r2Backlog.waitingAfterWindow)} still waiting after it`,
+    formatPhaseCpu(cpu.r2, r2.matchPushRate),
     `         with inserts: ${run.r2Seconds} s unthrottled, ${r2Inserts.insertRate} inserts/s; window` +
       ` ${r2Inserts.windowSeconds} s after ${r2Inserts.warmupSeconds} s warm-up:` +
       ` ${r2Inserts.matchPushesInWindow} match pushes received, ${r2Inserts.matchReadyRate} matches ready/s`,
+    formatPhaseCpu(cpu.r2Inserts, r2Inserts.matchPushRate),
     `latency  ${run.latencySeconds} s at -R ${run.latencyRate}: ${latencyLoad.pgbenchRate} inserts/s,` +
       ` schedule lag avg ${latencyLoad.scheduleLagAvgMs} ms (max ${latencyLoad.scheduleLagMaxMs});` +
       ` ${latency.pairToPushMs.count} pushes, ${latency.matchedWithoutPush} matched intents without a push;` +
@@ -306,6 +323,7 @@ function contextLines(run, fakes, phases) {
     `         the inserts' own latency: p50 ${fixed(latencyLoad.insertP50Ms, 1)}, p99 ${fixed(latencyLoad.insertP99Ms, 1)},` +
       ` max ${fixed(latencyLoad.insertMaxMs, 1)} ms; the server flushed the WAL ${integer.format(latencyLoad.walSyncs)} times` +
       ` in the ${run.latencySeconds} s, ${fixed(latencyLoad.walSyncMs / latencyLoad.walSyncs, 2)} ms each on average`,
+    formatPhaseCpu(cpu.latency),
     `slow     ${run.slowSeconds} s unthrottled, rooms ${run.roomDelayMs} ms, pushes ${run.pushDelayMs} ms,` +
       ` max_inflight ${run.slowMaxInflight}: ${slow.insertRate} inserts/s, ${slow.matchReadyRate} matches ready/s,` +
       ` ${slow.matchPushRate} match pushes/s over ${slow.windowSeconds} s after ${slow.warmupSeconds} s warm-up`,
@@ -342,6 +360,11 @@ function main() {
     latencyLoad: readJson(dir, 'latency-load.json'),
     slow: readJson(dir, 'slow.json'),
     memory: readJson(dir, 'memory.json'),
+    cpu: {
+      r2: readJson(dir, 'r2-cpu.json'),
+      r2Inserts: readJson(dir, 'r2-inserts-cpu.json'),
+      latency: readJson(dir, 'latency-cpu.json'),
+    },
   };
   const outcomes = {};
   for (const name of ['r1', 'r2', 'r2-inserts', 'latency', 'slow', 'memory']) {
