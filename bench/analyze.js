@@ -31,7 +31,9 @@
 // transaction, which is earlier than its commit, so both are upper bounds
 // of the time from commit to arrival. latency-insert.dat and
 // latency-pair.dat list the sorted values in ms with their cumulative
-// fraction.
+// fraction. latency-pair-time.dat lists each pair to push latency by the
+// time of its pair, with its stages, and the JSON describes the stages of
+// the slowest 1%.
 //
 // The database and the receiver share the machine's clock, so their
 // timestamps can be subtracted.
@@ -242,18 +244,65 @@ async function analyzeThroughput(options) {
   };
 }
 
+// Split a pair's time from its later intent's created_at to the push's
+// arrival into stages: until the matching transaction began (the match's
+// created_at), until the transaction that recorded the room began
+// (ready_at), and until the push arrived. Each timestamp is now() of its
+// transaction, so a stage also contains the commit of the transaction
+// before it.
+function stagesOf(pairedAt, match, arrivedAt) {
+  return {
+    toMatch: match.created_ms - pairedAt,
+    toRoom: match.ready_ms - match.created_ms,
+    toArrival: arrivedAt - match.ready_ms,
+  };
+}
+
+// Write one line a match push in the order of the pairs' times: seconds
+// since the first insert, then the pair to push latency and its three
+// stages in ms.
+function writePairTimes(file, pairs, firstInsert) {
+  const lines = [...pairs].sort((a, b) => a.pairedAt - b.pairedAt).map((p) =>
+    [(p.pairedAt - firstInsert) / 1000, p.total, p.toMatch, p.toRoom, p.toArrival]
+      .map((value) => value.toFixed(3)).join(' '));
+  fs.writeFileSync(file, `${lines.join('\n')}\n`);
+}
+
+// Describe the slowest 1% of pair to push latencies: the median of each
+// stage among them, and the seconds of the phase in which their pairs
+// were made, so that a single stall can be told from a slow stage.
+function slowestPairs(pairs, firstInsert) {
+  if (pairs.length === 0) {
+    return null;
+  }
+  const slowest = [...pairs].sort((a, b) => b.total - a.total)
+    .slice(0, Math.max(1, Math.floor(pairs.length / 100)));
+  const median = (key) => round(percentile(Float64Array.from(slowest.map((p) => p[key])).sort(), 50), 2);
+  const seconds = slowest.map((p) => Math.floor((p.pairedAt - firstInsert) / 1000));
+  return {
+    count: slowest.length,
+    medianMs: { total: median('total'), toMatch: median('toMatch'), toRoom: median('toRoom'),
+      toArrival: median('toArrival') },
+    // Distinct seconds since the first insert, in order.
+    seconds: [...new Set(seconds)].sort((a, b) => a - b),
+  };
+}
+
 async function analyzeLatency(options) {
   const intents = await queryRows(`
     SELECT id, status, (extract(epoch FROM created_at) * 1000)::float8 AS created_ms
     FROM matchmaker.intents WHERE id > ${options.sinceIntent}`);
   const matches = await queryRows(`
-    SELECT id, intent_ids FROM matchmaker.matches WHERE id > ${options.sinceMatch}`);
+    SELECT id, intent_ids, (extract(epoch FROM created_at) * 1000)::float8 AS created_ms,
+           (extract(epoch FROM ready_at) * 1000)::float8 AS ready_ms
+    FROM matchmaker.matches WHERE id > ${options.sinceMatch}`);
   const pushes = await fetchPushes(options.pushBase, options.shards);
 
   const createdById = new Map(intents.map((i) => [String(i.id), i.created_ms]));
   const matchById = new Map(matches.map((m) => [String(m.id), m]));
   const insertToPush = [];
   const pairToPush = [];
+  const pairs = [];
   const pushedIntents = new Set();
   for (const push of pushes.matchPushes) {
     const created = createdById.get(push.intentId);
@@ -266,6 +315,7 @@ async function analyzeLatency(options) {
     const pairedAt = Math.max(...match.intent_ids.map((id) => createdById.get(String(id)) ?? NaN));
     if (!Number.isNaN(pairedAt)) {
       pairToPush.push(push.at - pairedAt);
+      pairs.push({ pairedAt, total: push.at - pairedAt, ...stagesOf(pairedAt, match, push.at) });
     }
   }
 
@@ -282,6 +332,7 @@ async function analyzeLatency(options) {
     firstInsert = Math.min(firstInsert, intent.created_ms);
     lastInsert = Math.max(lastInsert, intent.created_ms);
   }
+  writePairTimes(path.join(options.out, 'latency-pair-time.dat'), pairs, firstInsert);
   const spanSeconds = intents.length > 1 ? (lastInsert - firstInsert) / 1000 : 0;
   return {
     inserts: intents.length,
@@ -290,6 +341,7 @@ async function analyzeLatency(options) {
     matchedWithoutPush: unpushed,
     insertToPushMs: insert.stats,
     pairToPushMs: pair.stats,
+    slowestPairs: slowestPairs(pairs, firstInsert),
     receiver: {
       distinctDeliveries: pushes.distinct,
       duplicates: pushes.duplicates,

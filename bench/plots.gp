@@ -41,6 +41,19 @@ plot dir.'/latency-pair.dat' using 1:2 with lines lw 2 title 'pair to push', \
 	dir.'/latency-insert.dat' using 1:2 with lines lw 2 title 'insert to push'
 unset logscale x
 
+# Pair to push latency over the phase, one point a push, on a log scale:
+# a stall shows as a column of points.
+set output dir.'/latency-time.png'
+set title 'Latency at a fixed insert rate: pair to push by the time of the pair'
+set xlabel 'seconds since the first insert'
+set ylabel 'ms from the later created_at to arrival'
+set logscale y
+set xrange [*:*]
+set yrange [0.1:*]
+set key top right
+plot dir.'/latency-pair-time.dat' using 1:($2 > 0.1 ? $2 : 0.1) with points pt 7 ps 0.3 title 'pair to push'
+unset logscale y
+
 # R2: the worker's output per second while it works through the backlog.
 set key below
 set xlabel 'seconds since the worker turned to the backlog'

@@ -272,6 +272,35 @@ function formatCpu(cpu) {
     ` (${integer.format(cpu.machineBusyPct)}% of one core busy, ${integer.format(cpu.stealPct)}% stolen)`;
 }
 
+// Format a sorted list of whole seconds as ranges: "3, 7-9, 12".
+function formatRanges(seconds) {
+  const ranges = [];
+  for (const second of seconds) {
+    const last = ranges[ranges.length - 1];
+    if (last !== undefined && second === last[1] + 1) {
+      last[1] = second;
+    } else {
+      ranges.push([second, second]);
+    }
+  }
+  return ranges.map(([from, to]) => (from === to ? `${from}` : `${from}-${to}`)).join(', ');
+}
+
+// Lines on the slowest 1% of pair to push latencies: where their time
+// went, and when in the phase their pairs were made.
+function slowestPairLines(slowest) {
+  if (slowest === null || slowest === undefined) {
+    return [];
+  }
+  const m = slowest.medianMs;
+  return [
+    `         the slowest 1% (${slowest.count} pushes): median ${fixed(m.total, 1)} ms, of which` +
+      ` ${fixed(m.toMatch, 1)} until the match, ${fixed(m.toRoom, 1)} until the room and` +
+      ` ${fixed(m.toArrival, 1)} until the push arrived`,
+    `         their pairs were made in these seconds of the phase: ${formatRanges(slowest.seconds)}`,
+  ];
+}
+
 // Format a phase's CPU sample: each group that used any, in percent of
 // one core, then the busy and stolen time of the machine. With a rate of
 // intents pushed, it adds the worker's and senders' CPU per intent.
@@ -323,6 +352,7 @@ function contextLines(run, fakes, phases) {
     `         the inserts' own latency: p50 ${fixed(latencyLoad.insertP50Ms, 1)}, p99 ${fixed(latencyLoad.insertP99Ms, 1)},` +
       ` max ${fixed(latencyLoad.insertMaxMs, 1)} ms; the server flushed the WAL ${integer.format(latencyLoad.walSyncs)} times` +
       ` in the ${run.latencySeconds} s, ${fixed(latencyLoad.walSyncMs / latencyLoad.walSyncs, 2)} ms each on average`,
+    ...slowestPairLines(latency.slowestPairs),
     formatPhaseCpu(cpu.latency),
     `slow     ${run.slowSeconds} s unthrottled, rooms ${run.roomDelayMs} ms, pushes ${run.pushDelayMs} ms,` +
       ` max_inflight ${run.slowMaxInflight}: ${slow.insertRate} inserts/s, ${slow.matchReadyRate} matches ready/s,` +
