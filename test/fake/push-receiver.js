@@ -48,6 +48,7 @@
 const { Webhook } = require('standardwebhooks');
 const {
   RuleList,
+  collectGarbage,
   formatRetryAfter,
   parseControl,
   parseJson,
@@ -189,6 +190,7 @@ function control(text, response) {
     deliveries.length = 0;
     rules.clear();
     delays.clear();
+    collectGarbage();
     webhook = startupSecret ? new Webhook(startupSecret) : undefined;
   }
   if (body.webhookSecret !== undefined) {

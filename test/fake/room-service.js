@@ -30,6 +30,7 @@
 const crypto = require('node:crypto');
 const {
   RuleList,
+  collectGarbage,
   formatRetryAfter,
   parseControl,
   parseJson,
@@ -217,6 +218,7 @@ function control(text, response) {
     requests.length = 0;
     rules.clear();
     delays.clear();
+    collectGarbage();
   }
   for (const rule of parsed.rules) {
     rules.add(rule);

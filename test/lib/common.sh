@@ -184,9 +184,10 @@ janus_answers() {
 # mm_start_fake NAME SCRIPT LOG starts a Node fake on an ephemeral
 # loopback port and waits until it prints its port. Sets MM_FAKE_BASE to
 # its base URL. The fake picks the port itself, so there is no race for it.
+# --expose-gc lets a fake collect its garbage when it is reset.
 mm_start_fake() {
 	local name=$1 script=$2 log=$3 port
-	"$MM_NODE" "$script" --port 0 >"$log" 2>&1 &
+	"$MM_NODE" --expose-gc "$script" --port 0 >"$log" 2>&1 &
 	MM_FAKE_PIDS="$MM_FAKE_PIDS $!"
 	wait_until 15 "$name to listen" grep -q '^listening ' "$log" ||
 		{ cat "$log" >&2; mm_die "$name did not start"; }
