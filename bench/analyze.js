@@ -249,7 +249,9 @@ async function analyzeThroughput(options) {
 // created_at), until the transaction that recorded the room began
 // (ready_at), and until the push arrived. Each timestamp is now() of its
 // transaction, so a stage also contains the commit of the transaction
-// before it.
+// before it. The room stage contains the match's commit, the room
+// request and the wait for the loop to record it, and the push stage
+// contains the room's commit.
 function stagesOf(pairedAt, match, arrivedAt) {
   return {
     toMatch: match.created_ms - pairedAt,
@@ -270,7 +272,7 @@ function writePairTimes(file, pairs, firstInsert) {
 
 // Describe the slowest 1% of pair to push latencies: the median of each
 // stage among them, and the seconds of the phase in which their pairs
-// were made, so that a single stall can be told from a slow stage.
+// were made, so that a single stall stands apart from a slow stage.
 function slowestPairs(pairs, firstInsert) {
   if (pairs.length === 0) {
     return null;
@@ -315,7 +317,11 @@ async function analyzeLatency(options) {
     const pairedAt = Math.max(...match.intent_ids.map((id) => createdById.get(String(id)) ?? NaN));
     if (!Number.isNaN(pairedAt)) {
       pairToPush.push(push.at - pairedAt);
-      pairs.push({ pairedAt, total: push.at - pairedAt, ...stagesOf(pairedAt, match, push.at) });
+      // A match push comes only after its room was recorded, so ready_at
+      // is set; a row without it would make the stages meaningless.
+      if (match.ready_ms !== null && match.created_ms !== null) {
+        pairs.push({ pairedAt, total: push.at - pairedAt, ...stagesOf(pairedAt, match, push.at) });
+      }
     }
   }
 

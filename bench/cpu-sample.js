@@ -5,6 +5,7 @@
 // runs, and prints it as one JSON object on stdout.
 //
 //   node bench/cpu-sample.js --delay S --seconds S [--clock-ticks N]
+//        [--postmaster PID] [--fakes PID,...]
 //
 // It waits --delay seconds (so that pgbench has connected), reads the CPU
 // time of every process from /proc/<pid>/stat, waits --seconds, reads it
@@ -16,33 +17,57 @@
 // something else while this machine's processes were ready to run.
 //
 // --clock-ticks is the kernel's USER_HZ (`getconf CLK_TCK`), the unit of
-// the times in /proc; Linux on x86_64 uses 100.
+// the times in /proc; Linux on x86_64 uses 100. With --postmaster, only
+// that postmaster and its children count as server processes, and with
+// --fakes only the given processes count as fakes, so that another
+// cluster or fake on the machine is left out.
 
 const fs = require('node:fs');
 
 function parseArgs(argv) {
-  const options = { delay: null, seconds: null, clockTicks: 100 };
-  const names = { '--delay': 'delay', '--seconds': 'seconds', '--clock-ticks': 'clockTicks' };
+  const options = { delay: null, seconds: null, clockTicks: 100, postmaster: null, fakes: null };
+  const numbers = { '--delay': 'delay', '--seconds': 'seconds', '--clock-ticks': 'clockTicks' };
+  const usage = 'expected --delay S --seconds S [--clock-ticks N] [--postmaster PID] [--fakes PID,...]';
   for (let i = 2; i < argv.length; i += 2) {
-    const name = names[argv[i]];
-    if (name === undefined || argv[i + 1] === undefined) {
-      throw new Error(`invalid argument "${argv[i]}": expected --delay S --seconds S [--clock-ticks N]`);
+    const name = argv[i];
+    const value = argv[i + 1];
+    if (value === undefined) {
+      throw new Error(`missing value for "${name}": ${usage}`);
     }
-    const value = Number(argv[i + 1]);
-    if (!Number.isFinite(value) || value < 0) {
-      throw new Error(`invalid value "${argv[i + 1]}" for ${argv[i]}: expected a number of 0 or more`);
+    if (name in numbers) {
+      const number = Number(value);
+      if (value === '' || !Number.isFinite(number) || number < 0) {
+        throw new Error(`invalid value "${value}" for ${name}: expected a number of 0 or more`);
+      }
+      options[numbers[name]] = number;
+    } else if (name === '--postmaster') {
+      if (!/^\d+$/.test(value)) {
+        throw new Error(`invalid value "${value}" for --postmaster: expected a process id`);
+      }
+      options.postmaster = value;
+    } else if (name === '--fakes') {
+      if (!/^\d+(,\d+)*$/.test(value)) {
+        throw new Error(`invalid value "${value}" for --fakes: expected process ids separated by commas`);
+      }
+      options.fakes = new Set(value.split(','));
+    } else {
+      throw new Error(`invalid argument "${name}": ${usage}`);
     }
-    options[name] = value;
   }
   if (options.delay === null || options.seconds === null || options.seconds <= 0) {
-    throw new Error('missing --delay or --seconds: expected --delay S --seconds S, with S above 0 for --seconds');
+    throw new Error(`missing --delay or --seconds, or --seconds is 0: ${usage}`);
   }
   return options;
 }
 
-// Map a process's command line to its group, or return null for
-// processes that have nothing to do with the benchmark.
-function groupOf(cmdline) {
+// Map a process to its group, or return null for processes that have
+// nothing to do with the benchmark.
+function groupOf(pid, parentPid, cmdline, options) {
+  const isServer = cmdline.startsWith('postgres: ') || /(^|\/)postgres( |$)/.test(cmdline.split(' ')[0]);
+  if (isServer && options.postmaster !== null && pid !== options.postmaster &&
+    parentPid !== options.postmaster) {
+    return null;
+  }
   if (cmdline.startsWith('postgres: ')) {
     const title = cmdline.slice('postgres: '.length);
     if (title.startsWith('matchmaker worker')) {
@@ -66,14 +91,15 @@ function groupOf(cmdline) {
   if (/(^|\/)pgbench( |$)/.test(cmdline.split(' ')[0])) {
     return 'pgbench';
   }
-  if (/test\/fake\/(room-service|push-receiver)\.js/.test(cmdline)) {
+  if (options.fakes !== null ? options.fakes.has(pid)
+    : /test\/fake\/(room-service|push-receiver)\.js/.test(cmdline)) {
     return 'fakes';
   }
   return null;
 }
 
 // Return {pid: {ticks, group}} for every process of a known group.
-function readProcesses() {
+function readProcesses(options) {
   const processes = {};
   for (const entry of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) {
@@ -88,14 +114,14 @@ function readProcesses() {
       // The process ended between readdir and the read.
       continue;
     }
-    const group = groupOf(cmdline);
+    // Split what follows the command name, which is in parentheses and
+    // may contain spaces. The parent's pid (4th field of the line), utime
+    // and stime (14th and 15th) are then at indexes 1, 11 and 12.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const group = groupOf(entry, fields[1], cmdline, options);
     if (group === null) {
       continue;
     }
-    // Split what follows the command name, which is in parentheses and
-    // may contain spaces. utime and stime, the 14th and 15th fields of
-    // the line, are then at indexes 11 and 12.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     processes[entry] = { ticks: Number(fields[11]) + Number(fields[12]), group };
   }
   return processes;
@@ -118,11 +144,11 @@ function sleep(seconds) {
 async function main() {
   const options = parseArgs(process.argv);
   await sleep(options.delay);
-  const before = readProcesses();
+  const before = readProcesses(options);
   const machineBefore = readMachine();
   const start = process.hrtime.bigint();
   await sleep(options.seconds);
-  const after = readProcesses();
+  const after = readProcesses(options);
   const machineAfter = readMachine();
   const seconds = Number(process.hrtime.bigint() - start) / 1e9;
 

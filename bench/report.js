@@ -48,7 +48,8 @@ const CPU_GROUPS = ['sessions', 'pgbench', 'worker', 'senders', 'fakes', 'autova
 // whole machine, from CPU samples (percent of one core) of loads that
 // ran at the given insert rates.
 function cpuPerInsert(samples, rates) {
-  const perInsert = (pct, rate) => (pct * 1e4) / rate;
+  // A run with no inserts has no cost per insert.
+  const perInsert = (pct, rate) => (rate > 0 ? (pct * 1e4) / rate : NaN);
   const groupsUs = {};
   for (const group of CPU_GROUPS) {
     groupsUs[group] = mean(samples.map((sample, i) => perInsert(sample.groupsPct[group], rates[i])));
@@ -294,9 +295,9 @@ function slowestPairLines(slowest) {
   }
   const m = slowest.medianMs;
   return [
-    `         the slowest 1% (${slowest.count} pushes): median ${fixed(m.total, 1)} ms, of which` +
-      ` ${fixed(m.toMatch, 1)} until the match, ${fixed(m.toRoom, 1)} until the room and` +
-      ` ${fixed(m.toArrival, 1)} until the push arrived`,
+    `         the slowest 1% (${slowest.count} pushes): median ${fixed(m.total, 1)} ms; medians by stage` +
+      ` (they need not add up): ${fixed(m.toMatch, 1)} until the match, ${fixed(m.toRoom, 1)} until the` +
+      ` room was recorded, ${fixed(m.toArrival, 1)} until the push arrived`,
     `         their pairs were made in these seconds of the phase: ${formatRanges(slowest.seconds)}`,
   ];
 }
@@ -309,7 +310,7 @@ function formatPhaseCpu(cpu, pushRate = null) {
     .map((group) => `${group} ${integer.format(cpu.groupsPct[group])}%`);
   let line = `         CPU in % of one core: ${groups.join(', ')}; machine busy` +
     ` ${integer.format(cpu.machineBusyPct)}%, stolen ${integer.format(cpu.stealPct)}%`;
-  if (pushRate !== null) {
+  if (pushRate > 0) {
     const workerUs = ((cpu.groupsPct.worker + cpu.groupsPct.senders) * 1e4) / pushRate;
     line += `; worker and senders ${integer.format(workerUs)} us per intent pushed`;
   }

@@ -211,8 +211,10 @@ function sleep(ms) {
 
 // Collect the garbage that a reset leaves. After a benchmark phase the
 // records fill gigabytes, and V8's major collection of such a heap
-// stopped the server for over 100 ms; collecting at the reset moves that
-// pause to the moment between loads. Needs node --expose-gc, which
+// stopped the server for over 100 ms in the middle of the next phase.
+// Collecting at the reset moves that pause to a moment bench/run
+// chooses: between phases, and every 5 s of its memory phase, which
+// measures no latency. Needs node --expose-gc, which
 // mm_start_fake in test/lib/common.sh passes; does nothing without it.
 function collectGarbage() {
   if (typeof global.gc === 'function') {
