@@ -272,7 +272,8 @@ function writePairTimes(file, pairs, firstInsert) {
 
 // Describe the slowest 1% of pair to push latencies: the median of each
 // stage among them, and the seconds of the phase in which their pairs
-// were made, so that a single stall stands apart from a slow stage.
+// were made, so that a single stall can be distinguished from a slow
+// stage.
 function slowestPairs(pairs, firstInsert) {
   if (pairs.length === 0) {
     return null;

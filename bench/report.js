@@ -264,12 +264,18 @@ const R1_CPU_LABELS = {
   idle: 'worker elsewhere',
 };
 
+// Format "group value<unit>, ..." for the groups whose value rounds to 1
+// or more.
+function formatGroups(values, unit) {
+  return CPU_GROUPS.filter((group) => values[group] >= 0.5)
+    .map((group) => `${group} ${integer.format(values[group])}${unit}`)
+    .join(', ');
+}
+
 // Format CPU per insert as "group us, ..." for the groups that used any,
 // then the whole machine.
 function formatCpu(cpu) {
-  const groups = CPU_GROUPS.filter((group) => cpu.groupsUs[group] >= 0.5)
-    .map((group) => `${group} ${integer.format(cpu.groupsUs[group])}`);
-  return `${groups.join(', ')} us; machine ${integer.format(cpu.machineUs)} us` +
+  return `${formatGroups(cpu.groupsUs, '')} us; machine ${integer.format(cpu.machineUs)} us` +
     ` (${integer.format(cpu.machineBusyPct)}% of one core busy, ${integer.format(cpu.stealPct)}% stolen)`;
 }
 
@@ -306,9 +312,7 @@ function slowestPairLines(slowest) {
 // one core, then the busy and stolen time of the machine. With a rate of
 // intents pushed, it adds the worker's and senders' CPU per intent.
 function formatPhaseCpu(cpu, pushRate = null) {
-  const groups = CPU_GROUPS.filter((group) => cpu.groupsPct[group] >= 0.5)
-    .map((group) => `${group} ${integer.format(cpu.groupsPct[group])}%`);
-  let line = `         CPU in % of one core: ${groups.join(', ')}; machine busy` +
+  let line = `         CPU in % of one core: ${formatGroups(cpu.groupsPct, '%')}; machine busy` +
     ` ${integer.format(cpu.machineBusyPct)}%, stolen ${integer.format(cpu.stealPct)}%`;
   if (pushRate > 0) {
     const workerUs = ((cpu.groupsPct.worker + cpu.groupsPct.senders) * 1e4) / pushRate;
